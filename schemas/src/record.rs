@@ -7,7 +7,7 @@ use std::str::FromStr;
 /// everything derived from a question, so one question's records share a partition) and
 /// consumers drop replays by [`Record::id`], which must be the same every time the same input
 /// is processed.
-pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// Which schema file describes this type.
     const KIND: RecordKind;
     /// Deterministic identity of this record: a replay of the same input yields the same id.

@@ -1,0 +1,167 @@
+//! `distillery bench ...`: speed measured against a named baseline in the same run.
+
+use distillery_passthrough::{Passthrough, PassthroughSettings};
+use distillery_runtime::bench::{produce_all, raw_round_trip};
+use distillery_runtime::broker::{BrokerStore, LocalBroker};
+use distillery_runtime::reader::end_offset_total;
+use distillery_runtime::{admin, run_processor, Connection, ProcessorRun, Topology};
+use distillery_schemas::{encode, Question};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// Records/s and MB/s of large records through the pass-through processor (consume,
+    /// decode, process, encode, produce, commit) beside the same broker's raw rdkafka
+    /// produce+consume rate: the ratio is the runtime's overhead.
+    Runtime {
+        /// Timed records (after a warm-up of 200 that are not timed).
+        #[arg(long, default_value_t = 2000)]
+        records: usize,
+        /// Size of each record's problem text, in KiB.
+        #[arg(long, default_value_t = 60)]
+        record_kib: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Use this broker instead of starting the local one.
+        #[arg(long, env = "DISTILLERY_BOOTSTRAP_SERVERS")]
+        bootstrap_servers: Option<String>,
+    },
+}
+
+pub async fn run(which: Bench) -> anyhow::Result<()> {
+    match which {
+        Bench::Runtime { records, record_kib, partitions, bootstrap_servers } => {
+            bench_runtime(records, record_kib, partitions, bootstrap_servers).await
+        }
+    }
+}
+
+/// Text that compresses about like real reasoning traces (words drawn from a small
+/// vocabulary, deterministic).
+fn trace_like_text(bytes: usize, seed: u64) -> String {
+    const WORDS: &[&str] = &[
+        "so", "the", "answer", "is", "let", "me", "check", "x", "=", "+", "2", "squared", "wait", "then", "we", "get",
+        "\\frac{1}{2}", "because", "sum", "of", "terms", "therefore", "compute", "factor", "(", ")", "equation", "7", "13",
+    ];
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut out = String::with_capacity(bytes + 16);
+    while out.len() < bytes {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        out.push_str(WORDS[(state >> 33) as usize % WORDS.len()]);
+        out.push(' ');
+    }
+    out.truncate(bytes);
+    out
+}
+
+async fn bench_runtime(records: usize, record_kib: usize, partitions: i32, bootstrap: Option<String>) -> anyhow::Result<()> {
+    const WARMUP: usize = 200;
+    let _broker;
+    let connection = match bootstrap {
+        Some(servers) => Connection::new(servers),
+        None => {
+            let broker = LocalBroker::start(BrokerStore::Memory, None)?;
+            let connection = broker.connection();
+            _broker = broker;
+            connection
+        }
+    };
+    let experiment = format!("bench-{}-{}", std::process::id(), distillery_schemas::now_ms());
+    let topology = Topology::parse(
+        &format!(
+            r#"
+            experiment = "{experiment}"
+            [topics.raw]
+            schema = "question"
+            partitions = {partitions}
+            [topics.in]
+            schema = "question"
+            partitions = {partitions}
+            [topics.out]
+            schema = "question"
+            partitions = {partitions}
+            [processors.copy]
+            type = "passthrough"
+            inputs = ["in"]
+            outputs = {{ out = "out" }}
+            runtime = {{ max_in_flight = 256 }}
+            "#
+        ),
+        "bench",
+    )?;
+    admin::apply_topology(&topology, &connection).await?;
+    let payloads: Vec<Vec<u8>> = (0..records + WARMUP)
+        .map(|i| {
+            encode(&Question {
+                id: format!("bench:{i}"),
+                dataset: "bench".into(),
+                source_uri: "bench".into(),
+                source_row: i as i64,
+                problem: trace_like_text(record_kib * 1024, i as u64),
+                expected_answer: "42".into(),
+                metadata: Default::default(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let record_bytes = payloads[0].len();
+    let mb = |n: usize| (n * record_bytes) as f64 / 1e6;
+
+    // Baseline: plain rdkafka, produce everything then consume everything.
+    let raw = raw_round_trip(&connection, &topology.topic_name("raw"), &payloads[..records]).await?;
+    let raw_secs = (raw.produce + raw.consume).as_secs_f64();
+
+    // Runtime: the input is loaded first; the clock runs from the warm-up's last output to
+    // the last timed output, so the group join is not counted.
+    produce_all(&connection, &topology.topic_name("in"), &payloads).await?;
+    let run = ProcessorRun {
+        topology: Arc::new(topology.clone()),
+        name: "copy".into(),
+        replica: "bench".into(),
+        connection: connection.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let processor = tokio::spawn(run_processor(Passthrough::new(PassthroughSettings::default()), run, async {
+        let _ = stop_rx.await;
+    }));
+    let out_topic = topology.topic_name("out");
+    let count = |connection: &Connection| end_offset_total(connection, &out_topic);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut started = None;
+    let elapsed = loop {
+        let done = count(&connection)? as usize;
+        if started.is_none() && done >= WARMUP {
+            started = Some((Instant::now(), done));
+        }
+        if done >= WARMUP + records {
+            let (t0, at) = started.expect("set above");
+            break (t0.elapsed(), done - at);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the passthrough processor produced only {done} records in 15 minutes");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let _ = stop_tx.send(());
+    processor.await??;
+    let (runtime_secs, timed) = (elapsed.0.as_secs_f64(), elapsed.1);
+
+    let raw_rate = raw.records as f64 / raw_secs;
+    let runtime_rate = timed as f64 / runtime_secs;
+    println!("distillery bench runtime: {records} records of {record_bytes} bytes (Avro question, zstd), {partitions} partitions, broker {}", connection.bootstrap_servers);
+    println!("{:<58} {:>10} {:>10}", "", "records/s", "MB/s");
+    println!(
+        "{:<58} {:>10.0} {:>10.1}   (produce {:.2}s + consume {:.2}s)",
+        "baseline: raw rdkafka produce then consume",
+        raw_rate,
+        mb(raw.records) / raw_secs,
+        raw.produce.as_secs_f64(),
+        raw.consume.as_secs_f64()
+    );
+    println!(
+        "{:<58} {:>10.0} {:>10.1}   ({timed} records in {runtime_secs:.2}s)",
+        "runtime: passthrough consume->decode->process->produce",
+        runtime_rate,
+        mb(timed) / runtime_secs
+    );
+    println!("ratio runtime / baseline: {:.2}", runtime_rate / raw_rate);
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! `distillery`: run one processor of a topology (the unit of horizontal scaling), manage
+//! topologies, start the local broker, read topics, benchmark, and run the quickstart.
+//! Parses flags and calls the libraries; nothing else lives here.
+
+mod bench;
+mod quickstart;
+mod registry;
+
+use clap::{Parser, Subcommand};
+use distillery_runtime::broker::{BrokerStore, LocalBroker};
+use distillery_runtime::{admin, reader, shutdown, telemetry, Connection, ProcessorRun, Topology};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "distillery", version, about = "Streaming reasoning distillation on Kafka: teachers -> judge -> agreement -> packer -> trainer -> evaluators")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct BrokerArgs {
+    /// Kafka bootstrap servers; overrides the topology's `[kafka] bootstrap_servers`.
+    #[arg(long, env = "DISTILLERY_BOOTSTRAP_SERVERS")]
+    bootstrap_servers: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one processor instance of a topology until SIGINT/SIGTERM (sources such as the
+    /// feeder stop by themselves when their input is published). Start it N times for N
+    /// replicas: they share the input partitions through their consumer group.
+    Run {
+        /// Processor instance name, as under [processors.NAME] in the topology.
+        name: String,
+        #[arg(long)]
+        topology: PathBuf,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Replica label for logs, headers and transactional ids (default: host-pid).
+        #[arg(long)]
+        replica: Option<String>,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9898).
+        #[arg(long, env = "DISTILLERY_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Topology files: create their topics, or check them.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+    /// Run the local Kafka-API broker (Nisshi) in the foreground, for running processors as
+    /// separate processes on one machine.
+    Broker {
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+        /// SQLite file to keep the log across restarts; in memory when absent.
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Print the records of a topic (from the beginning to its current end) as JSON lines.
+    Tail {
+        /// Topic short name (e.g. questions) as in the topology.
+        topic: String,
+        #[arg(long)]
+        topology: PathBuf,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Benchmarks that print ratios against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+    /// Run the whole embedded pipeline in one process: start the local broker, apply
+    /// topology/quickstart.toml, run every processor, print what each stage did.
+    Quickstart(quickstart::QuickstartArgs),
+}
+
+#[derive(Subcommand)]
+enum TopologyAction {
+    /// Create every missing topic (idempotent; existing topics must have the same partition count).
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+    /// Reject a topology whose processors read topics no one writes, whose ports or schemas
+    /// do not match, or whose settings do not parse.
+    Check { file: PathBuf },
+}
+
+fn load_topology(path: &std::path::Path) -> anyhow::Result<Topology> {
+    let topology = Topology::load(path)?;
+    topology.validate(&path.display().to_string(), &registry::processor_types())?;
+    Ok(topology)
+}
+
+fn connect(topology: &Topology, broker: &BrokerArgs) -> anyhow::Result<Connection> {
+    Connection::from_settings(&topology.kafka, broker.bootstrap_servers.as_deref()).map_err(anyhow::Error::msg)
+}
+
+fn default_replica() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { name, topology, broker, replica, metrics_addr } => {
+            let topology = load_topology(&topology)?;
+            if let Some(addr) = metrics_addr {
+                telemetry::serve_metrics(addr)?;
+            }
+            let connection = connect(&topology, &broker)?;
+            let run = ProcessorRun { topology: Arc::new(topology), name, replica: replica.unwrap_or_else(default_replica), connection };
+            let summary = registry::run_instance(run, shutdown::signal()).await?;
+            println!("{summary}");
+        }
+        Command::Topology { action: TopologyAction::Check { file } } => {
+            let topology = load_topology(&file)?;
+            for (name, instance) in &topology.processors {
+                if !registry::RUNNABLE.contains(&instance.kind.as_str()) {
+                    println!("note: processor '{name}' (type {}) checks, but this build cannot run it yet", instance.kind);
+                }
+            }
+            println!(
+                "{}: ok ({} topics, {} processors, experiment '{}')",
+                file.display(),
+                topology.topics.len(),
+                topology.processors.len(),
+                topology.experiment
+            );
+        }
+        Command::Topology { action: TopologyAction::Apply { file, broker } } => {
+            let topology = load_topology(&file)?;
+            let connection = connect(&topology, &broker)?;
+            for topic in admin::apply_topology(&topology, &connection).await? {
+                println!("{:<50} {:>3} partitions  {:?}", topic.name, topic.partitions, topic.outcome);
+            }
+        }
+        Command::Broker { port, store } => {
+            let store = store.map(BrokerStore::Sqlite).unwrap_or(BrokerStore::Memory);
+            let broker = LocalBroker::start_on(port, store, None)?;
+            println!("local broker on {} (Ctrl-C stops it)", broker.bootstrap_servers());
+            shutdown::signal().await;
+            drop(broker);
+        }
+        Command::Tail { topic, topology, broker } => {
+            let topology = Topology::load(&topology)?;
+            let connection = connect(&topology, &broker)?;
+            let name = topology.topic_name(&topic);
+            let records = tokio::task::spawn_blocking(move || reader::read_to_end(&connection, &name, Duration::from_secs(600))).await??;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for record in records {
+                let line = match distillery_schemas::decode_any(&record.payload) {
+                    Ok(decoded) => serde_json::json!({"partition": record.partition, "offset": record.offset, "kind": decoded.kind.name(), "record": decoded.json}),
+                    Err(e) => serde_json::json!({"partition": record.partition, "offset": record.offset, "undecodable": e.to_string()}),
+                };
+                // A closed pipe (`| head`) ends the listing quietly.
+                if writeln!(out, "{line}").is_err() {
+                    break;
+                }
+            }
+        }
+        Command::Bench { which } => bench::run(which).await?,
+        Command::Quickstart(args) => quickstart::run(args).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! `distillery quickstart`: the whole topology in one process on the embedded default. It
+//! starts the local broker (its log kept in the work folder, so a second run resumes instead
+//! of repeating), applies the topology, runs every processor instance as in production (they
+//! talk only through topics), waits until every consumer group has committed everything,
+//! stops them, and prints what each stage did.
+
+use crate::registry;
+use distillery_runtime::broker::{BrokerStore, LocalBroker};
+use distillery_runtime::reader::{group_lag, read_to_end};
+use distillery_runtime::{admin, ProcessorRun, Topology};
+use distillery_schemas::{decode, DeadLetter, RecordKind};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util_shim::Stop;
+
+#[derive(clap::Args)]
+pub struct QuickstartArgs {
+    /// Folder for the broker's store and log (and, later, shards and checkpoints).
+    #[arg(long, default_value = "work/quickstart")]
+    work_dir: PathBuf,
+    #[arg(long, default_value = "topology/quickstart.toml")]
+    topology: PathBuf,
+}
+
+/// A broadcast stop signal as a future each processor can own.
+mod tokio_util_shim {
+    use tokio::sync::watch;
+
+    #[derive(Clone)]
+    pub struct Stop(watch::Receiver<bool>);
+
+    impl Stop {
+        pub fn new() -> (watch::Sender<bool>, Stop) {
+            let (tx, rx) = watch::channel(false);
+            (tx, Stop(rx))
+        }
+        pub async fn wait(mut self) {
+            let _ = self.0.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let topology = Topology::load(&args.topology)?;
+    topology.validate(&args.topology.display().to_string(), &registry::processor_types())?;
+    std::fs::create_dir_all(&args.work_dir)?;
+    let broker = LocalBroker::start(BrokerStore::Sqlite(args.work_dir.join("broker.db")), Some(&args.work_dir.join("broker.log")))?;
+    let connection = broker.connection();
+    println!("local broker on {} (store {})", broker.bootstrap_servers(), args.work_dir.join("broker.db").display());
+    admin::apply_topology(&topology, &connection).await?;
+    let topology = Arc::new(topology);
+
+    // Consumers first, so they are in their groups while the sources publish.
+    let (stop_tx, stop) = Stop::new();
+    let mut consumers = Vec::new();
+    let mut sources = Vec::new();
+    for (name, instance) in topology.processors.iter() {
+        for replica in 0..instance.replicas {
+            let run = ProcessorRun { topology: topology.clone(), name: name.clone(), replica: replica.to_string(), connection: connection.clone() };
+            let task = tokio::spawn(registry::run_instance(run, stop.clone().wait()));
+            if instance.inputs.is_empty() {
+                sources.push((name.clone(), task));
+            } else {
+                consumers.push((name.clone(), task));
+            }
+        }
+    }
+    for (name, task) in sources {
+        let summary = task.await??;
+        println!("{name:<24} {summary}");
+    }
+    // Done when every consumer group has committed everything on its inputs.
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let mut lag = 0;
+        for (name, instance) in &topology.processors {
+            if instance.inputs.is_empty() {
+                continue;
+            }
+            let topics: Vec<String> = instance.inputs.iter().map(|t| topology.topic_name(t)).collect();
+            let (connection, group) = (connection.clone(), topology.group_id(name));
+            lag += tokio::task::spawn_blocking(move || group_lag(&connection, &group, &topics)).await??;
+        }
+        if lag == 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "processors still have {lag} records to process after 30 minutes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = stop_tx.send(true);
+    for (name, task) in consumers {
+        let summary = task.await??;
+        println!("{name:<24} {summary}");
+    }
+
+    println!("\ntopic                                      records");
+    let mut dead_letters = Vec::new();
+    for (short, spec) in &topology.topics {
+        let name = topology.topic_name(short);
+        let records = {
+            let connection = connection.clone();
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || read_to_end(&connection, &name, Duration::from_secs(600))).await??
+        };
+        println!("{name:<42} {:>7}", records.len());
+        if spec.schema == RecordKind::DeadLetter.name() {
+            dead_letters = records.iter().filter_map(|r| decode::<DeadLetter>(&r.payload).ok()).collect();
+        }
+    }
+    if !dead_letters.is_empty() {
+        let mut by_reason = BTreeMap::<String, usize>::new();
+        for letter in &dead_letters {
+            *by_reason.entry(format!("{}: {}", letter.processor, letter.error)).or_default() += 1;
+        }
+        println!("\ndead letters by reason:");
+        for (reason, count) in by_reason {
+            println!("  {count:>5}  {reason}");
+        }
+    }
+    drop(broker);
+    println!(
+        "\ndone in {:.1}s; broker store and log in {} (run again: nothing is published twice)",
+        started.elapsed().as_secs_f64(),
+        args.work_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Construction of every Kafka client the project uses, and nothing else: the one place that
+//! decides librdkafka settings (rust-rdkafka's `create_consumer`/`create_producer` habit).
+
+use crate::settings::KafkaSettings;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::producer::FutureProducer;
+use std::collections::BTreeMap;
+
+/// Largest record any client sends or accepts. Traces reach 130 KB; shard manifests carry
+/// thousands of ids; a dead letter carries the original record.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// A resolved way to reach the cluster: bootstrap servers plus any pass-through properties
+/// (security settings with secrets already read from the environment).
+#[derive(Clone)]
+pub struct Connection {
+    pub bootstrap_servers: String,
+    properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Connection {
+    // Properties may hold secrets (sasl.password): never print their values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Connection {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Connection {
+        Connection { bootstrap_servers: bootstrap_servers.into(), properties: BTreeMap::new() }
+    }
+
+    /// From a topology's `[kafka]` section; `bootstrap_override` wins over the file.
+    pub fn from_settings(settings: &KafkaSettings, bootstrap_override: Option<&str>) -> Result<Connection, String> {
+        let bootstrap = bootstrap_override.unwrap_or(&settings.bootstrap_servers);
+        if bootstrap == "embedded" {
+            return Err("the topology says bootstrap_servers = \"embedded\": start the local broker (`distillery broker`) and pass --bootstrap-servers, or use `distillery quickstart`, which starts it for you".into());
+        }
+        Ok(Connection { bootstrap_servers: bootstrap.to_string(), properties: settings.resolved_properties()? })
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        // The local broker and containers advertise IPv4 literals; skip IPv6 lookups.
+        config.set("broker.address.family", "v4");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// Idempotent, zstd-compressing producer that waits for the broker forever: when the
+    /// broker is down the pipeline pauses instead of dropping records.
+    pub fn producer(&self, transactional_id: Option<&str>) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+        let mut config = self.base();
+        config
+            .set("enable.idempotence", "true")
+            .set("compression.type", "zstd")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
+            // 0 = no delivery deadline: retry until the broker is back.
+            .set("message.timeout.ms", "0");
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id);
+        }
+        config.create()
+    }
+
+    /// Group consumer with manual offset management: the runtime stores and commits offsets
+    /// itself, only after the outputs of a record were acknowledged.
+    pub fn consumer<C: ConsumerContext + 'static>(
+        &self,
+        group_id: &str,
+        session_timeout_ms: u64,
+        context: C,
+    ) -> Result<rdkafka::consumer::StreamConsumer<C>, rdkafka::error::KafkaError> {
+        let mut config = self.base();
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (session_timeout_ms / 4).max(100).to_string())
+            .set("fetch.message.max.bytes", (4 * 1024 * 1024).to_string())
+            .set("fetch.max.bytes", MAX_MESSAGE_BYTES.to_string())
+            .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES + 1024 * 1024).to_string())
+            // Periodic statistics feed the consumer-lag gauge.
+            .set("statistics.interval.ms", "5000");
+        config.create_with_context(context)
+    }
+
+    /// Consumer without a group, for reading topics from the beginning (tools, tests, the
+    /// feeder's check for already published ids).
+    pub fn reader(&self) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+        let mut config = self.base();
+        config
+            .set("group.id", "distillery-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.max.bytes", MAX_MESSAGE_BYTES.to_string())
+            .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES + 1024 * 1024).to_string());
+        config.create()
+    }
+
+    /// A consumer that reads a group's committed offsets without joining the group.
+    pub fn group_reader(&self, group_id: &str) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+        let mut config = self.base();
+        config.set("group.id", group_id).set("enable.auto.commit", "false");
+        config.create()
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, rdkafka::error::KafkaError> {
+        self.base().create()
+    }
+}

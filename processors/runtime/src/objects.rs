@@ -1,0 +1,61 @@
+//! Object stores by URL (`object_store`): local paths and `file://` URLs on the local
+//! filesystem, `s3://bucket/key` on S3 or any S3-compatible server (MinIO, ...). S3 settings
+//! come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+//! `AWS_ENDPOINT` for a non-AWS server, `AWS_ALLOW_HTTP=true` for plain HTTP), never from
+//! files that get logged.
+
+use object_store::{aws::AmazonS3Builder, local::LocalFileSystem, path::Path as ObjectPath, ObjectStore, ObjectStoreExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A location: a store and the object path inside it.
+pub struct ObjectLocation {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: ObjectPath,
+}
+
+/// True for `scheme://...` locations, false for plain paths.
+pub fn is_url(location: &str) -> bool {
+    location.contains("://")
+}
+
+/// Resolves `s3://bucket/key`, `file:///abs/path` or a plain path.
+pub fn locate(location: &str) -> anyhow::Result<ObjectLocation> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').ok_or_else(|| anyhow::anyhow!("{location}: expected s3://bucket/key"))?;
+        let store = AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
+        return Ok(ObjectLocation { store: Arc::new(store), path: ObjectPath::parse(key)? });
+    }
+    let path = match location.strip_prefix("file://") {
+        Some(p) => PathBuf::from(p),
+        None if is_url(location) => anyhow::bail!("{location}: unsupported URL scheme (use a path, file:// or s3://)"),
+        None => PathBuf::from(location),
+    };
+    let absolute = if path.is_absolute() { path } else { std::env::current_dir()?.join(path) };
+    let store = LocalFileSystem::new();
+    Ok(ObjectLocation { store: Arc::new(store), path: ObjectPath::from_absolute_path(&absolute)? })
+}
+
+/// Makes a location readable as a local file: plain paths as they are; URLs are downloaded
+/// (streamed) into `scratch` first, so large datasets never sit in memory.
+pub async fn local_copy(location: &str, scratch: &Path) -> anyhow::Result<PathBuf> {
+    if !is_url(location) {
+        return Ok(PathBuf::from(location));
+    }
+    if let Some(path) = location.strip_prefix("file://") {
+        return Ok(PathBuf::from(path));
+    }
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let ObjectLocation { store, path } = locate(location)?;
+    let name = path.filename().unwrap_or("object");
+    std::fs::create_dir_all(scratch)?;
+    let target = scratch.join(format!("{}-{name}", distillery_schemas::stable_id(&[location])));
+    let mut file = tokio::fs::File::create(&target).await?;
+    let mut stream = store.get(&path).await?.into_stream();
+    while let Some(chunk) = stream.next().await {
+        file.write_all(&chunk?).await?;
+    }
+    file.flush().await?;
+    Ok(target)
+}
