@@ -2,9 +2,7 @@
 //! topologies, start the local broker, read topics, benchmark, and run the quickstart.
 //! Parses flags and calls the libraries; nothing else lives here.
 
-mod bench;
-mod quickstart;
-mod registry;
+use distillery::{bench, quickstart, registry};
 
 use clap::{Parser, Subcommand};
 use distillery_runtime::broker::{BrokerStore, LocalBroker};

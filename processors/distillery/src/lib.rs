@@ -1,0 +1,11 @@
+//! The `distillery` command line's library: the registry of processor types, the quickstart
+//! and the benchmarks. `main.rs` only parses flags and calls into here.
+//!
+//! # Layout
+//! - `registry`: the one list of processor types (ports, settings check, constructor).
+//! - `quickstart`: the whole embedded pipeline in one process.
+//! - `bench`: `distillery bench ...`, each against a baseline measured in the same run.
+
+pub mod bench;
+pub mod quickstart;
+pub mod registry;

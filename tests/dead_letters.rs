@@ -1,0 +1,97 @@
+//! Dead letters: malformed Avro, a record the processor rejects, and a dataset row without an
+//! answer each land in the dead-letter topic with their reason and original bytes, and the
+//! processor keeps running (records after them are still processed).
+
+use distillery_runtime::bench::produce_all;
+use distillery_runtime::publisher::{HEADER_ERROR, HEADER_ERROR_CLASS, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC};
+use distillery_schemas::{decode, encode, DeadLetter, ErrorClass, Question};
+use distillery_tests::{wait_until, Cluster};
+use std::time::Duration;
+
+const TOPOLOGY: &str = r#"
+experiment = "dlq"
+[topics.questions]
+schema = "question"
+partitions = 1
+[topics.copies]
+schema = "question"
+partitions = 1
+
+[processors.feeder]
+type = "feeder"
+outputs = { questions = "questions" }
+settings = { files = [{ uri = "{dir}/rows.jsonl", format = "aime", dataset = "dlq" }] }
+
+[processors.copy]
+type = "passthrough"
+inputs = ["questions"]
+outputs = { out = "copies" }
+settings = { reject_problems_containing = "REJECT-ME" }
+"#;
+
+fn question(id: &str, problem: &str) -> Question {
+    Question {
+        id: id.into(),
+        dataset: "dlq".into(),
+        source_uri: "test".into(),
+        source_row: 0,
+        problem: problem.into(),
+        expected_answer: "1".into(),
+        metadata: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_records_become_dead_letters_and_processing_goes_on() {
+    let cluster = Cluster::start(TOPOLOGY).await;
+    std::fs::write(
+        cluster.path("rows.jsonl"),
+        "{\"id\": \"1\", \"problem\": \"What is 1+1?\", \"answer\": \"2\"}\n{\"id\": \"2\", \"problem\": \"No answer here\"}\n",
+    )
+    .unwrap();
+    let mut copy = cluster.spawn("copy", "0");
+    let feeder_log = cluster.run_source("feeder");
+    assert!(feeder_log.contains("published: 1") && feeder_log.contains("dead_lettered: 1"), "{feeder_log}");
+
+    // Straight into the input topic: garbage bytes, a rejected question, then a good one.
+    let garbage = b"\x00\x01definitely not avro".to_vec();
+    let rejected = encode(&question("dlq:rejected", "Please REJECT-ME")).unwrap();
+    let good = encode(&question("dlq:after", "Still processed?")).unwrap();
+    produce_all(&cluster.connection(), &cluster.topology.topic_name("questions"), &[garbage.clone(), rejected.clone(), good]).await.unwrap();
+
+    wait_until("both good questions copied", Duration::from_secs(60), || cluster.read("copies").len() == 2);
+    wait_until("three dead letters", Duration::from_secs(30), || cluster.read("dead-letters").len() == 3);
+    assert!(copy.is_running(), "the processor survived its bad input");
+    let copied: Vec<String> = cluster.read("copies").iter().map(|r| r.id().unwrap().to_string()).collect();
+    assert!(copied.contains(&"dlq:after".to_string()) && copied.contains(&"dlq:1".to_string()), "{copied:?}");
+
+    let records = cluster.read("dead-letters");
+    let letters: Vec<DeadLetter> = records.iter().map(|r| decode(&r.payload).unwrap()).collect();
+    let by_processor = |p: &str| letters.iter().filter(|l| l.processor == p).collect::<Vec<_>>();
+
+    let feeder = by_processor("feeder");
+    assert_eq!(feeder.len(), 1);
+    assert_eq!(feeder[0].error, "row 1: row has no expected answer");
+    assert_eq!(feeder[0].error_class, ErrorClass::User);
+    assert!(feeder[0].source_topic.ends_with("rows.jsonl") && feeder[0].source_offset == 1);
+
+    let copy_letters = by_processor("copy");
+    assert_eq!(copy_letters.len(), 2);
+    let undecodable = copy_letters.iter().find(|l| l.original == garbage).expect("the garbage is kept byte for byte");
+    assert!(undecodable.error.starts_with("cannot decode the record as question:"), "{}", undecodable.error);
+    assert_eq!(undecodable.source_topic, "dlq.questions");
+    let refused = copy_letters.iter().find(|l| l.original == rejected).unwrap();
+    assert_eq!(refused.error, "problem contains the rejected marker \"REJECT-ME\"");
+    assert_eq!(refused.key.as_deref(), Some("k1"));
+    assert_eq!(refused.source_offset, undecodable.source_offset + 1);
+
+    // The same facts are in the headers, for triage without decoding.
+    let header_record = records.iter().find(|r| r.payload == encode(*refused).unwrap()).unwrap();
+    assert_eq!(header_record.header(HEADER_ERROR), Some(refused.error.as_str()));
+    assert_eq!(header_record.header(HEADER_ERROR_CLASS), Some("USER"));
+    assert_eq!(header_record.header(HEADER_SOURCE_TOPIC), Some("dlq.questions"));
+    assert_eq!(header_record.header(HEADER_SOURCE_OFFSET), Some(refused.source_offset.to_string().as_str()));
+
+    wait_until("offsets committed past the bad records", Duration::from_secs(30), || cluster.lag("copy") == 0);
+    assert!(copy.terminate().success());
+}

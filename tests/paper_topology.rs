@@ -1,0 +1,75 @@
+//! `topology/paper.toml` carries every parameter of the reference experiment (arXiv
+//! 2511.19333), and both shipped topologies pass `topology check`.
+
+use distillery::registry::processor_types;
+use distillery_runtime::Topology;
+use distillery_tests::repo_root;
+
+fn load(name: &str) -> Topology {
+    let path = repo_root().join("topology").join(name);
+    let topology = Topology::load(&path).unwrap();
+    let problems = topology.check(&processor_types());
+    assert!(problems.is_empty(), "{name}: {problems:?}");
+    topology
+}
+
+fn setting<'a>(t: &'a Topology, processor: &str, key: &str) -> &'a toml::Value {
+    t.processors[processor].settings.get(key).unwrap_or_else(|| panic!("{processor}.settings.{key} is missing"))
+}
+
+#[test]
+fn the_paper_topology_reproduces_the_papers_parameters() {
+    let t = load("paper.toml");
+    // Data: 300k math questions of Nemotron-Post-Training-Dataset-v1.
+    let files = setting(&t, "feeder", "files").as_array().unwrap();
+    assert_eq!(files[0]["format"].as_str(), Some("nemotron"));
+    assert_eq!(files[0]["limit"].as_integer(), Some(300_000));
+    assert!(files[0]["uri"].as_str().unwrap().contains("Nemotron-Post-Training-Dataset-v1"));
+    // Teachers: gpt-oss-120b live (no system prompt), DeepSeek-R1 replayed from the dataset.
+    assert_eq!(setting(&t, "sampler-gpt-oss", "teacher").as_str(), Some("gpt-oss-120b"));
+    assert_eq!(setting(&t, "sampler-gpt-oss", "model").as_str(), Some("openai/gpt-oss-120b"));
+    assert_eq!(setting(&t, "sampler-gpt-oss", "system_prompt").as_str(), Some(""));
+    assert_eq!(setting(&t, "sampler-deepseek-r1", "teacher").as_str(), Some("deepseek-r1"));
+    assert_eq!(setting(&t, "sampler-deepseek-r1", "replay")["format"].as_str(), Some("nemotron"));
+    // Judge and agreement: Qwen3-30B-A3B-Thinking-2507; keep questions both teachers solved.
+    assert_eq!(setting(&t, "judge", "model").as_str(), Some("Qwen/Qwen3-30B-A3B-Thinking-2507"));
+    let required: Vec<_> = setting(&t, "agreement", "required_teachers").as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(required, ["gpt-oss-120b", "deepseek-r1"]);
+    // Packing: 60k-token rows, first-fit-decreasing, the student's (Nemotron-Nano-12B-v2) template.
+    for packer in ["packer-gpt-oss", "packer-deepseek-r1"] {
+        assert_eq!(setting(&t, packer, "row_tokens").as_integer(), Some(60_000));
+        assert_eq!(setting(&t, packer, "algorithm").as_str(), Some("first-fit-decreasing"));
+        assert!(setting(&t, packer, "tokenizer_config").as_str().unwrap().contains("NVIDIA-Nemotron-Nano-12B-v2"));
+    }
+    // Training: 3,000 steps, global batch 64, AdamW, lr 5e-6, warmup 3% from 5e-7, cosine, completion-only loss.
+    for trainer in ["trainer-gpt-oss", "trainer-deepseek-r1"] {
+        assert_eq!(setting(&t, trainer, "steps").as_integer(), Some(3000));
+        assert_eq!(setting(&t, trainer, "global_batch_rows").as_integer(), Some(64));
+        assert_eq!(setting(&t, trainer, "optimizer").as_str(), Some("adamw"));
+        assert_eq!(setting(&t, trainer, "learning_rate").as_float(), Some(5e-6));
+        assert_eq!(setting(&t, trainer, "warmup_ratio").as_float(), Some(0.03));
+        assert_eq!(setting(&t, trainer, "warmup_start_lr").as_float(), Some(5e-7));
+        assert_eq!(setting(&t, trainer, "lr_schedule").as_str(), Some("cosine"));
+        assert_eq!(setting(&t, trainer, "loss_on").as_str(), Some("completion"));
+    }
+    // Evaluation: GSM8K, AIME25, MATH-500 at temperature 0.6, top_p 0.95, 32,768 tokens, 8 samples.
+    let benchmarks: Vec<_> = setting(&t, "evaluator", "benchmarks").as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(benchmarks, ["gsm8k", "aime25", "math500"]);
+    assert_eq!(setting(&t, "evaluator", "temperature").as_float(), Some(0.6));
+    assert_eq!(setting(&t, "evaluator", "top_p").as_float(), Some(0.95));
+    assert_eq!(setting(&t, "evaluator", "max_tokens").as_integer(), Some(32_768));
+    assert_eq!(setting(&t, "evaluator", "samples_per_problem").as_integer(), Some(8));
+    // The expensive topic is kept forever; the question-keyed topics are co-partitioned.
+    assert_eq!(t.topics["samples"].retention_ms, Some(-1));
+    let partitions: Vec<i32> = ["questions", "samples", "judged", "agreed"].iter().map(|n| t.topics[*n].partitions).collect();
+    assert!(partitions.windows(2).all(|w| w[0] == w[1]), "{partitions:?}");
+}
+
+#[test]
+fn the_quickstart_topology_checks_and_ships_its_data() {
+    let t = load("quickstart.toml");
+    for file in setting(&t, "feeder", "files").as_array().unwrap() {
+        let path = repo_root().join(file["uri"].as_str().unwrap());
+        assert!(path.exists(), "{} is shipped", path.display());
+    }
+}
