@@ -4,39 +4,26 @@
 //! removes.
 
 use distillery_schemas::{decode, Question};
-use distillery_tests::{ids_with_counts, wait_until, write_questions, Cluster};
+use distillery_tests::{feeder_and_copy, ids_with_counts, wait_until, write_questions, Cluster};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 const RECORDS: usize = 2000;
 const KILLS: usize = 6;
 
-const TOPOLOGY: &str = r#"
-experiment = "crash"
-[topics.questions]
-schema = "question"
-partitions = 4
-[topics.copies]
-schema = "question"
-partitions = 4
-
-[processors.feeder]
-type = "feeder"
-outputs = { questions = "questions" }
-settings = { files = [{ uri = "{dir}/questions.jsonl", format = "fields", dataset = "crash", problem_field = "q", answer_field = "a", id_field = "key" }] }
-
-[processors.copy]
-type = "passthrough"
-inputs = ["questions"]
-outputs = { out = "copies" }
-# Slow records keep work in flight, so kills land mid-record, mid-produce and mid-commit.
-settings = { work_ms = 20 }
-runtime = { max_in_flight = 16, commit_interval_ms = 200, session_timeout_ms = 1000 }
-"#;
+fn topology() -> String {
+    feeder_and_copy(
+        "crash",
+        4,
+        r#"[{ uri = "{dir}/questions.jsonl", format = "fields", dataset = "crash", problem_field = "q", answer_field = "a", id_field = "key" }]"#,
+        // Slow records keep work in flight, so kills land mid-record, mid-produce and mid-commit.
+        "settings = { work_ms = 20 }\nruntime = { max_in_flight = 16, commit_interval_ms = 200, session_timeout_ms = 1000 }",
+    )
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_loses_nothing() {
-    let cluster = Cluster::start(TOPOLOGY).await;
+    let cluster = Cluster::start(&topology()).await;
     write_questions(&cluster.path("questions.jsonl"), RECORDS, 200);
     let feeder_log = cluster.run_source("feeder");
     assert!(feeder_log.contains(&format!("published: {RECORDS}")), "{feeder_log}");

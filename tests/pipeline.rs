@@ -4,36 +4,24 @@
 
 use distillery_runtime::admin::{apply_topology, TopicOutcome};
 use distillery_schemas::{decode, DeadLetter, Question};
-use distillery_tests::{ids_with_counts, wait_until, Cluster};
+use distillery_tests::{feeder_and_copy, ids_with_counts, wait_until, Cluster};
 use std::time::Duration;
 
-const TOPOLOGY: &str = r#"
-experiment = "pipeline"
-[topics.questions]
-schema = "question"
-partitions = 4
-[topics.copies]
-schema = "question"
-partitions = 4
-
-[processors.feeder]
-type = "feeder"
-outputs = { questions = "questions" }
-[processors.feeder.settings]
-files = [
-  { uri = "{repo}/tests/fixtures/nemotron-format.parquet", format = "nemotron", dataset = "nemotron-format" },
-  { uri = "{repo}/tests/fixtures/plain-fields.jsonl", format = "fields", dataset = "plain", problem_field = "q", answer_field = "a", id_field = "key" },
-]
-
-[processors.copy]
-type = "passthrough"
-inputs = ["questions"]
-outputs = { out = "copies" }
-"#;
+fn topology() -> String {
+    feeder_and_copy(
+        "pipeline",
+        4,
+        r#"[
+          { uri = "{repo}/tests/fixtures/nemotron-format.parquet", format = "nemotron", dataset = "nemotron-format" },
+          { uri = "{repo}/tests/fixtures/plain-fields.jsonl", format = "fields", dataset = "plain", problem_field = "q", answer_field = "a", id_field = "key" },
+        ]"#,
+        "",
+    )
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn feeder_and_passthrough_deliver_every_row_exactly_once() {
-    let cluster = Cluster::start(TOPOLOGY).await;
+    let cluster = Cluster::start(&topology()).await;
     let mut copy = cluster.spawn("copy", "0");
     let feeder_log = cluster.run_source("feeder");
     assert!(feeder_log.contains("rows: 153, published: 150, skipped: 0, dead_lettered: 3"), "{feeder_log}");

@@ -1,36 +1,24 @@
 //! Two replicas of one processor in one consumer group split the input partitions between
 //! them and together process every record exactly once.
 
-use distillery_tests::{ids_with_counts, wait_until, write_questions, Cluster};
+use distillery_tests::{feeder_and_copy, ids_with_counts, wait_until, write_questions, Cluster};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const RECORDS: usize = 400;
 
-const TOPOLOGY: &str = r#"
-experiment = "replicas"
-[topics.questions]
-schema = "question"
-partitions = 4
-[topics.copies]
-schema = "question"
-partitions = 4
-
-[processors.feeder]
-type = "feeder"
-outputs = { questions = "questions" }
-settings = { files = [{ uri = "{dir}/questions.jsonl", format = "fields", dataset = "r", problem_field = "q", answer_field = "a", id_field = "key" }] }
-
-[processors.copy]
-type = "passthrough"
-inputs = ["questions"]
-outputs = { out = "copies" }
-replicas = 2
-"#;
+fn topology() -> String {
+    feeder_and_copy(
+        "replicas",
+        4,
+        r#"[{ uri = "{dir}/questions.jsonl", format = "fields", dataset = "r", problem_field = "q", answer_field = "a", id_field = "key" }]"#,
+        "replicas = 2",
+    )
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_split_the_partitions_and_process_every_record_once() {
-    let cluster = Cluster::start(TOPOLOGY).await;
+    let cluster = Cluster::start(&topology()).await;
     write_questions(&cluster.path("questions.jsonl"), RECORDS, 100);
     let a = cluster.spawn("copy", "a");
     let b = cluster.spawn("copy", "b");

@@ -1,4 +1,4 @@
-use crate::record::{Record, RecordKind};
+use crate::record::impl_record;
 use serde::{Deserialize, Serialize};
 
 /// One teacher's kept trace inside an [`AgreedSample`].
@@ -27,12 +27,4 @@ pub struct AgreedSample {
     pub decided_at_ms: i64,
 }
 
-impl Record for AgreedSample {
-    const KIND: RecordKind = RecordKind::AgreedSample;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn key(&self) -> &str {
-        &self.question_id
-    }
-}
+impl_record!(AgreedSample, AgreedSample, id: |r| &r.id, key: |r| &r.question_id);

@@ -1,4 +1,4 @@
-use crate::record::{Record, RecordKind};
+use crate::record::impl_record;
 use serde::{Deserialize, Serialize};
 
 /// Who is at fault when a record cannot be processed; decides retry or dead letter.
@@ -39,12 +39,4 @@ pub struct DeadLetter {
     pub created_at_ms: i64,
 }
 
-impl Record for DeadLetter {
-    const KIND: RecordKind = RecordKind::DeadLetter;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn key(&self) -> &str {
-        self.key.as_deref().unwrap_or(&self.id)
-    }
-}
+impl_record!(DeadLetter, DeadLetter, id: |r| &r.id, key: |r| r.key.as_deref().unwrap_or(&r.id));

@@ -1,4 +1,4 @@
-use crate::record::{Record, RecordKind};
+use crate::record::impl_record;
 use serde::{Deserialize, Serialize};
 
 /// `schemas/eval_result.avsc`: one benchmark on one checkpoint.
@@ -22,12 +22,4 @@ pub struct EvalResult {
     pub created_at_ms: i64,
 }
 
-impl Record for EvalResult {
-    const KIND: RecordKind = RecordKind::EvalResult;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn key(&self) -> &str {
-        &self.run
-    }
-}
+impl_record!(EvalResult, EvalResult, id: |r| &r.id, key: |r| &r.run);

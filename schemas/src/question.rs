@@ -1,4 +1,4 @@
-use crate::record::{Record, RecordKind};
+use crate::record::impl_record;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -15,12 +15,4 @@ pub struct Question {
     pub metadata: BTreeMap<String, String>,
 }
 
-impl Record for Question {
-    const KIND: RecordKind = RecordKind::Question;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn key(&self) -> &str {
-        &self.id
-    }
-}
+impl_record!(Question, Question, id: |r| &r.id, key: |r| &r.id);

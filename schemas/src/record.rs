@@ -16,6 +16,25 @@ pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     fn key(&self) -> &str;
 }
 
+/// Implements [`Record`] for a schema type: its kind, and how to get its id and its
+/// partition key from a record.
+macro_rules! impl_record {
+    ($ty:ty, $kind:ident, id: |$a:ident| $id:expr, key: |$b:ident| $key:expr) => {
+        impl $crate::record::Record for $ty {
+            const KIND: $crate::record::RecordKind = $crate::record::RecordKind::$kind;
+            fn id(&self) -> &str {
+                let $a = self;
+                $id
+            }
+            fn key(&self) -> &str {
+                let $b = self;
+                $key
+            }
+        }
+    };
+}
+pub(crate) use impl_record;
+
 /// Every record type the design names, one per `.avsc` file in `schemas/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordKind {

@@ -1,4 +1,4 @@
-use crate::record::{Record, RecordKind};
+use crate::record::impl_record;
 use serde::{Deserialize, Serialize};
 
 /// Every setting that shaped a teacher request.
@@ -38,15 +38,7 @@ pub struct TeacherSample {
     pub created_at_ms: i64,
 }
 
-impl Record for TeacherSample {
-    const KIND: RecordKind = RecordKind::TeacherSample;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn key(&self) -> &str {
-        &self.question_id
-    }
-}
+impl_record!(TeacherSample, TeacherSample, id: |r| &r.id, key: |r| &r.question_id);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -78,12 +70,4 @@ pub struct JudgedSample {
     pub judged_at_ms: i64,
 }
 
-impl Record for JudgedSample {
-    const KIND: RecordKind = RecordKind::JudgedSample;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn key(&self) -> &str {
-        &self.sample.question_id
-    }
-}
+impl_record!(JudgedSample, JudgedSample, id: |r| &r.id, key: |r| &r.sample.question_id);

@@ -1,4 +1,4 @@
-use crate::record::{Record, RecordKind};
+use crate::record::impl_record;
 use serde::{Deserialize, Serialize};
 
 /// `schemas/shard_manifest.avsc`: a packed shard, complete in the object store.
@@ -24,12 +24,4 @@ pub struct ShardManifest {
     pub created_at_ms: i64,
 }
 
-impl Record for ShardManifest {
-    const KIND: RecordKind = RecordKind::ShardManifest;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn key(&self) -> &str {
-        &self.style
-    }
-}
+impl_record!(ShardManifest, ShardManifest, id: |r| &r.id, key: |r| &r.style);

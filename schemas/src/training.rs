@@ -1,4 +1,4 @@
-use crate::record::{Record, RecordKind};
+use crate::record::impl_record;
 use serde::{Deserialize, Serialize};
 
 /// Where a restarted trainer resumes on one partition of its shards topic.
@@ -24,15 +24,7 @@ pub struct CheckpointEvent {
     pub created_at_ms: i64,
 }
 
-impl Record for CheckpointEvent {
-    const KIND: RecordKind = RecordKind::CheckpointEvent;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn key(&self) -> &str {
-        &self.run
-    }
-}
+impl_record!(CheckpointEvent, CheckpointEvent, id: |r| &r.id, key: |r| &r.run);
 
 /// `schemas/train_metrics.avsc`: one optimizer step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,12 +42,4 @@ pub struct TrainMetrics {
     pub created_at_ms: i64,
 }
 
-impl Record for TrainMetrics {
-    const KIND: RecordKind = RecordKind::TrainMetrics;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn key(&self) -> &str {
-        &self.run
-    }
-}
+impl_record!(TrainMetrics, TrainMetrics, id: |r| &r.id, key: |r| &r.run);

@@ -40,6 +40,34 @@ pub fn distillery_bin() -> &'static Path {
     })
 }
 
+/// The topology most tests use: a feeder publishing `questions` from `feeder_files` (a TOML
+/// array of file tables) and a passthrough processor `copy` writing `copies`, whose entry gets
+/// the extra TOML lines `copy_extra` (settings, runtime, replicas).
+pub fn feeder_and_copy(experiment: &str, partitions: u32, feeder_files: &str, copy_extra: &str) -> String {
+    format!(
+        r#"
+experiment = "{experiment}"
+[topics.questions]
+schema = "question"
+partitions = {partitions}
+[topics.copies]
+schema = "question"
+partitions = {partitions}
+
+[processors.feeder]
+type = "feeder"
+outputs = {{ questions = "questions" }}
+settings = {{ files = {feeder_files} }}
+
+[processors.copy]
+type = "passthrough"
+inputs = ["questions"]
+outputs = {{ out = "copies" }}
+{copy_extra}
+"#
+    )
+}
+
 /// A broker with a topology applied, in a temporary folder.
 pub struct Cluster {
     pub broker: LocalBroker,
@@ -76,6 +104,11 @@ impl Cluster {
 
     /// Starts `distillery run NAME` as a child process; its log goes to `NAME-REPLICA-N.log`.
     pub fn spawn(&self, name: &str, replica: &str) -> Proc {
+        self.spawn_with(name, replica, &[])
+    }
+
+    /// Like [`Cluster::spawn`], with extra flags for `distillery run`.
+    pub fn spawn_with(&self, name: &str, replica: &str, extra: &[&str]) -> Proc {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = self.path(&format!("{name}-{replica}-{n}.log"));
@@ -85,6 +118,7 @@ impl Cluster {
             .args(["run", name, "--topology"])
             .arg(&self.topology_path)
             .args(["--bootstrap-servers", &self.broker.bootstrap_servers(), "--replica", replica])
+            .args(extra)
             .env("RUST_LOG", "info,rdkafka=warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -197,4 +231,20 @@ pub fn write_questions(path: &Path, n: usize, text_bytes: usize) {
         let filler = "x".repeat(text_bytes.saturating_sub(30));
         writeln!(file, "{}", serde_json::json!({"key": format!("q{i:05}"), "q": format!("What is {i} + 1? {filler}"), "a": (i + 1).to_string()})).unwrap();
     }
+}
+
+/// A free loopback port (for a metrics endpoint).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET a plain-HTTP URL path on 127.0.0.1:port and return the body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
 }

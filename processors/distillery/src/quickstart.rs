@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util_shim::Stop;
+use tokio::sync::watch;
 
 #[derive(clap::Args)]
 pub struct QuickstartArgs {
@@ -22,24 +22,6 @@ pub struct QuickstartArgs {
     work_dir: PathBuf,
     #[arg(long, default_value = "topology/quickstart.toml")]
     topology: PathBuf,
-}
-
-/// A broadcast stop signal as a future each processor can own.
-mod tokio_util_shim {
-    use tokio::sync::watch;
-
-    #[derive(Clone)]
-    pub struct Stop(watch::Receiver<bool>);
-
-    impl Stop {
-        pub fn new() -> (watch::Sender<bool>, Stop) {
-            let (tx, rx) = watch::channel(false);
-            (tx, Stop(rx))
-        }
-        pub async fn wait(mut self) {
-            let _ = self.0.wait_for(|stopped| *stopped).await;
-        }
-    }
 }
 
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
@@ -54,13 +36,17 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let topology = Arc::new(topology);
 
     // Consumers first, so they are in their groups while the sources publish.
-    let (stop_tx, stop) = Stop::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut consumers = Vec::new();
     let mut sources = Vec::new();
     for (name, instance) in topology.processors.iter() {
         for replica in 0..instance.replicas {
             let run = ProcessorRun { topology: topology.clone(), name: name.clone(), replica: replica.to_string(), connection: connection.clone() };
-            let task = tokio::spawn(registry::run_instance(run, stop.clone().wait()));
+            let mut stop = stop_rx.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            };
+            let task = tokio::spawn(registry::run_instance(run, stopped));
             if instance.inputs.is_empty() {
                 sources.push((name.clone(), task));
             } else {
