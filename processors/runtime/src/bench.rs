@@ -1,5 +1,6 @@
-//! The baseline half of `distillery bench runtime`: the same broker's raw produce + consume
-//! rate through plain rdkafka clients, with the same producer settings as the runtime.
+//! The baseline half of `distillery bench runtime`: the same broker's raw rates through plain
+//! rdkafka clients with the same producer settings as the runtime: produce-then-consume, and
+//! a minimal copy loop (consume, re-produce, await acks; no decoding, no commits).
 
 use crate::kafka::Connection;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -17,8 +18,11 @@ pub struct RawRoundTrip {
 /// Produces every payload to `topic` and waits for all acks (timed), then reads them all
 /// back with an assigned (group-less) consumer (timed).
 pub async fn raw_round_trip(connection: &Connection, topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<RawRoundTrip> {
+    let producer = connection.producer(None)?;
+    // Not timed: the idempotent producer's start-up (broker connection, producer id).
+    producer.send(FutureRecord::<str, [u8]>::to(topic).payload(&payloads[0][..]), Timeout::Never).await.map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
-    produce_all(connection, topic, payloads).await?;
+    send_all(&producer, topic, payloads).await?;
     let produce = started.elapsed();
 
     let connection = connection.clone();
@@ -37,6 +41,7 @@ pub async fn raw_round_trip(connection: &Connection, topic: &str, payloads: &[Ve
         consumer.assign(&list)?;
         let mut seen = 0;
         let mut bytes = 0usize;
+        let expected = expected + 1; // the warm-up record
         while seen < expected {
             if let Some(message) = consumer.poll(Duration::from_millis(100)) {
                 bytes += message?.payload().map_or(0, |p| p.len());
@@ -55,10 +60,12 @@ pub async fn raw_round_trip(connection: &Connection, topic: &str, payloads: &[Ve
 
 /// Produces every payload (keyed `k{index}`) and waits for all acks.
 pub async fn produce_all(connection: &Connection, topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
-    let producer = connection.producer(None)?;
+    send_all(&connection.producer(None)?, topic, payloads).await
+}
+
+async fn send_all(producer: &rdkafka::producer::FutureProducer, topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
     let sends = payloads.iter().enumerate().map(|(i, payload)| {
         let key = format!("k{i}");
-        let producer = &producer;
         async move {
             producer
                 .send(FutureRecord::to(topic).key(&key).payload(payload), Timeout::Never)
@@ -70,4 +77,53 @@ pub async fn produce_all(connection: &Connection, topic: &str, payloads: &[Vec<u
         result?;
     }
     Ok(())
+}
+
+/// The least a copy processor must do: read `warmup + timed` records of `from` (assigned, no
+/// group) and produce each to `to`, 256 in flight; timed from the `warmup`-th ack to the last,
+/// so client start-up is not counted (as in the runtime's measurement).
+pub async fn raw_copy(connection: &Connection, from: &str, to: &str, warmup: usize, timed: usize) -> anyhow::Result<Duration> {
+    let expected = warmup + timed;
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let consumer = connection.stream_reader()?;
+    let producer = connection.producer(None)?;
+    let metadata = consumer.fetch_metadata(Some(from), Duration::from_secs(10))?;
+    let mut list = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            list.add_partition_offset(from, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&list)?;
+    let mut pending = FuturesUnordered::new();
+    let (mut received, mut acked) = (0, 0);
+    let mut started = None;
+    while acked < expected {
+        tokio::select! {
+            message = consumer.recv(), if received < expected && pending.len() < 256 => {
+                let message = message?.detach();
+                received += 1;
+                let producer = producer.clone();
+                let to = to.to_string();
+                pending.push(async move {
+                    let mut record = FutureRecord::<[u8], [u8]>::to(&to);
+                    if let Some(key) = message.key() {
+                        record = record.key(key);
+                    }
+                    if let Some(payload) = message.payload() {
+                        record = record.payload(payload);
+                    }
+                    producer.send(record, Timeout::Never).await.map(|_| ()).map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))
+                });
+            }
+            Some(result) = pending.next() => {
+                result?;
+                acked += 1;
+                if acked == warmup {
+                    started = Some(Instant::now());
+                }
+            }
+        }
+    }
+    Ok(started.map(|t| t.elapsed()).unwrap_or_default())
 }

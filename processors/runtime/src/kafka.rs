@@ -111,6 +111,18 @@ impl Connection {
         config.create()
     }
 
+    /// [`Connection::reader`] as an async stream (for the benchmark's raw baseline).
+    pub fn stream_reader(&self) -> Result<rdkafka::consumer::StreamConsumer, rdkafka::error::KafkaError> {
+        let mut config = self.base();
+        config
+            .set("group.id", "distillery-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.max.bytes", MAX_MESSAGE_BYTES.to_string())
+            .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES + 1024 * 1024).to_string());
+        config.create()
+    }
+
     /// A consumer that reads a group's committed offsets without joining the group.
     pub fn group_reader(&self, group_id: &str) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
         let mut config = self.base();
