@@ -17,7 +17,7 @@ fn topology() -> String {
         4,
         r#"[{ uri = "{dir}/questions.jsonl", format = "fields", dataset = "crash", problem_field = "q", answer_field = "a", id_field = "key" }]"#,
         // Slow records keep work in flight, so kills land mid-record, mid-produce and mid-commit.
-        "settings = { work_ms = 20 }\nruntime = { max_in_flight = 16, commit_interval_ms = 200, session_timeout_ms = 1000 }",
+        "settings = { work_ms = 40 }\nruntime = { max_in_flight = 8, commit_interval_ms = 200, session_timeout_ms = 1000 }",
     )
 }
 
