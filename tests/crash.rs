@@ -42,13 +42,18 @@ async fn sigkill_at_random_moments_loses_nothing() {
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..1200)));
         copied_before = cluster.read("copies").len();
         let copied = ids_with_counts(&cluster.read("copies")).len();
-        assert!(copied < RECORDS, "finished after {kills} kills: slow the processor down so the test kills it {KILLS} times");
+        assert!(
+            copied < RECORDS,
+            "finished after {kills} kills: slow the processor down so the test kills it {KILLS} times"
+        );
         copy.kill9();
         kills += 1;
         eprintln!("kill {kills}: {copied} of {RECORDS} copied after {:.1}s", started.elapsed().as_secs_f64());
         copy = cluster.spawn("copy", "0");
     }
-    wait_until("every record copied", Duration::from_secs(180), || ids_with_counts(&cluster.read("copies")).len() == RECORDS);
+    wait_until("every record copied", Duration::from_secs(180), || {
+        ids_with_counts(&cluster.read("copies")).len() == RECORDS
+    });
     wait_until("offsets committed", Duration::from_secs(60), || cluster.lag("copy") == 0);
     assert!(copy.terminate().success());
 

@@ -40,7 +40,7 @@ async fn bad_records_become_dead_letters_and_processing_goes_on() {
     .unwrap();
     let metrics_port = free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let mut copy = cluster.spawn_with("copy", "0", &["--metrics-addr", &metrics_addr]);
+    let mut copy = cluster.spawn_with("copy", "0", &["--metrics-addr", &metrics_addr], &[]);
     let feeder_log = cluster.run_source("feeder");
     assert!(feeder_log.contains("published: 1") && feeder_log.contains("dead_lettered: 1"), "{feeder_log}");
 
@@ -51,7 +51,13 @@ async fn bad_records_become_dead_letters_and_processing_goes_on() {
     let large_problem = format!("Still processed? {}", "a long trace ".repeat(25_000));
     let good = encode(&question("dlq:after", &large_problem)).unwrap();
     assert!(good.len() > 300_000);
-    produce_all(&cluster.connection(), &cluster.topology.topic_name("questions"), &[garbage.clone(), rejected.clone(), good]).await.unwrap();
+    produce_all(
+        &cluster.connection(),
+        &cluster.topology.topic_name("questions"),
+        &[garbage.clone(), rejected.clone(), good],
+    )
+    .await
+    .unwrap();
 
     wait_until("both good questions copied", Duration::from_secs(60), || cluster.read("copies").len() == 2);
     wait_until("three dead letters", Duration::from_secs(30), || cluster.read("dead-letters").len() == 3);
@@ -96,7 +102,8 @@ async fn bad_records_become_dead_letters_and_processing_goes_on() {
         metrics.contains("distillery_consumer_lag{")
     });
     let value = |prefix: &str| -> f64 {
-        let line = metrics.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"));
+        let line =
+            metrics.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     assert_eq!(value("distillery_records_in_total{processor=\"copy\",topic=\"dlq.questions\"}"), 4.0);

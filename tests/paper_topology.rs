@@ -33,7 +33,8 @@ fn the_paper_topology_reproduces_the_papers_parameters() {
     assert_eq!(setting(&t, "sampler-deepseek-r1", "replay")["format"].as_str(), Some("nemotron"));
     // Judge and agreement: Qwen3-30B-A3B-Thinking-2507; keep questions both teachers solved.
     assert_eq!(setting(&t, "judge", "model").as_str(), Some("Qwen/Qwen3-30B-A3B-Thinking-2507"));
-    let required: Vec<_> = setting(&t, "agreement", "required_teachers").as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let required: Vec<_> =
+        setting(&t, "agreement", "required_teachers").as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(required, ["gpt-oss-120b", "deepseek-r1"]);
     // Packing: 60k-token rows, first-fit-decreasing, the student's (Nemotron-Nano-12B-v2) template.
     for packer in ["packer-gpt-oss", "packer-deepseek-r1"] {
@@ -53,7 +54,8 @@ fn the_paper_topology_reproduces_the_papers_parameters() {
         assert_eq!(setting(&t, trainer, "loss_on").as_str(), Some("completion"));
     }
     // Evaluation: GSM8K, AIME25, MATH-500 at temperature 0.6, top_p 0.95, 32,768 tokens, 8 samples.
-    let benchmarks: Vec<_> = setting(&t, "evaluator", "benchmarks").as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let benchmarks: Vec<_> =
+        setting(&t, "evaluator", "benchmarks").as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(benchmarks, ["gsm8k", "aime25", "math500"]);
     assert_eq!(setting(&t, "evaluator", "temperature").as_float(), Some(0.6));
     assert_eq!(setting(&t, "evaluator", "top_p").as_float(), Some(0.95));
@@ -61,7 +63,8 @@ fn the_paper_topology_reproduces_the_papers_parameters() {
     assert_eq!(setting(&t, "evaluator", "samples_per_problem").as_integer(), Some(8));
     // The expensive topic is kept forever; the question-keyed topics are co-partitioned.
     assert_eq!(t.topics["samples"].retention_ms, Some(-1));
-    let partitions: Vec<i32> = ["questions", "samples", "judged", "agreed"].iter().map(|n| t.topics[*n].partitions).collect();
+    let partitions: Vec<i32> =
+        ["questions", "samples", "judged", "agreed"].iter().map(|n| t.topics[*n].partitions).collect();
     assert!(partitions.windows(2).all(|w| w[0] == w[1]), "{partitions:?}");
 }
 

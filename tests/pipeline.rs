@@ -53,7 +53,10 @@ async fn feeder_and_passthrough_deliver_every_row_exactly_once() {
 
     // Bad rows: dead letters naming the file, the row and the reason, with the original row.
     let letters: Vec<DeadLetter> = cluster.read("dead-letters").iter().map(|r| decode(&r.payload).unwrap()).collect();
-    let mut reasons: Vec<String> = letters.iter().map(|l| format!("{}#{} {}", l.source_topic.rsplit('/').next().unwrap(), l.source_offset, l.error)).collect();
+    let mut reasons: Vec<String> = letters
+        .iter()
+        .map(|l| format!("{}#{} {}", l.source_topic.rsplit('/').next().unwrap(), l.source_offset, l.error))
+        .collect();
     reasons.sort();
     assert_eq!(
         reasons,

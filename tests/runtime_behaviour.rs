@@ -3,7 +3,9 @@
 //! retries and panics become dead letters, and shutdown commits what was done.
 
 use distillery_runtime::bench::produce_all;
-use distillery_runtime::{run_processor, Emit, PartitionId, PortSpec, ProcessError, Processor, ProcessorRun, RecordContext};
+use distillery_runtime::{
+    run_processor, Emit, PartitionId, PortSpec, ProcessError, Processor, ProcessorRun, RecordContext,
+};
 use distillery_schemas::{decode, encode, DeadLetter, ErrorClass, Question, RecordKind};
 use distillery_tests::{feeder_and_copy, wait_until, Cluster};
 use std::collections::{BTreeSet, HashMap};
@@ -26,7 +28,11 @@ impl Processor for Scripted {
     const OUTPUTS: &'static [PortSpec] = &[PortSpec { name: "out", kind: RecordKind::Question }];
 
     async fn process(&self, q: Question, ctx: &RecordContext) -> Result<Vec<Emit>, ProcessError> {
-        assert!(self.0.assigned.lock().unwrap().contains(&ctx.partition), "a record of partition {} arrived before on_assigned", ctx.partition);
+        assert!(
+            self.0.assigned.lock().unwrap().contains(&ctx.partition),
+            "a record of partition {} arrived before on_assigned",
+            ctx.partition
+        );
         let attempt = {
             let mut attempts = self.0.attempts.lock().unwrap();
             let n = attempts.entry(q.id.clone()).or_insert(0);
@@ -67,18 +73,36 @@ fn question(id: &str, problem: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_dead_letters_hooks_and_shutdown() {
-    let text = feeder_and_copy("behaviour", 1, "[{ uri = \"unused.jsonl\", format = \"aime\" }]", "runtime = { retry_attempts = 3, retry_min_delay_ms = 10, retry_max_delay_ms = 50 }");
+    let text = feeder_and_copy(
+        "behaviour",
+        1,
+        "[{ uri = \"unused.jsonl\", format = \"aime\" }]",
+        "runtime = { retry_attempts = 3, retry_min_delay_ms = 10, retry_max_delay_ms = 50 }",
+    );
     let cluster = Cluster::start(&text).await;
-    let inputs = [question("ok", "fine"), question("flaky", "flaky"), question("down", "down"), question("panic", "panic"), question("ok", "fine")];
+    let inputs = [
+        question("ok", "fine"),
+        question("flaky", "flaky"),
+        question("down", "down"),
+        question("panic", "panic"),
+        question("ok", "fine"),
+    ];
     produce_all(&cluster.connection(), &cluster.topology.topic_name("questions"), &inputs).await.unwrap();
 
     let scripted = Arc::new(Script::default());
-    let run = ProcessorRun { topology: Arc::new(cluster.topology.clone()), name: "copy".into(), replica: "t".into(), connection: cluster.connection() };
+    let run = ProcessorRun {
+        topology: Arc::new(cluster.topology.clone()),
+        name: "copy".into(),
+        replica: "t".into(),
+        connection: cluster.connection(),
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run_processor(Scripted(scripted.clone()), run, async {
         let _ = stopped.await;
     }));
-    wait_until("all records settled", Duration::from_secs(60), || cluster.lag("copy") == 0 && cluster.read("dead-letters").len() == 2);
+    wait_until("all records settled", Duration::from_secs(60), || {
+        cluster.lag("copy") == 0 && cluster.read("dead-letters").len() == 2
+    });
     stop.send(()).unwrap();
     let summary = task.await.unwrap().unwrap();
 

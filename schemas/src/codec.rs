@@ -104,8 +104,7 @@ pub fn encode_with_schema<T: serde::Serialize>(
     schema_text: &str,
     record: &T,
 ) -> Result<Vec<u8>, CodecError> {
-    let schema = Schema::parse_str(schema_text)
-        .map_err(|e| CodecError::Encode { kind, source: Box::new(e) })?;
+    let schema = Schema::parse_str(schema_text).map_err(|e| CodecError::Encode { kind, source: Box::new(e) })?;
     let mut out = Vec::new();
     out.extend_from_slice(&MARKER);
     out.extend_from_slice(&fingerprint(&schema));
@@ -123,10 +122,7 @@ fn split_header(payload: &[u8]) -> Result<(&'static KnownSchema, &[u8]), CodecEr
     }
     let mut fp = [0u8; 8];
     fp.copy_from_slice(&payload[2..HEADER_LEN]);
-    let known = schema_set()
-        .by_fingerprint
-        .get(&fp)
-        .ok_or_else(|| CodecError::UnknownFingerprint(hex::encode(fp)))?;
+    let known = schema_set().by_fingerprint.get(&fp).ok_or_else(|| CodecError::UnknownFingerprint(hex::encode(fp)))?;
     Ok((known, &payload[HEADER_LEN..]))
 }
 

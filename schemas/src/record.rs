@@ -112,13 +112,10 @@ impl fmt::Display for RecordKind {
 impl FromStr for RecordKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        RecordKind::ALL
-            .into_iter()
-            .find(|kind| kind.name() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = RecordKind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown schema '{s}' (known: {})", known.join(", "))
-            })
+        RecordKind::ALL.into_iter().find(|kind| kind.name() == s).ok_or_else(|| {
+            let known: Vec<_> = RecordKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown schema '{s}' (known: {})", known.join(", "))
+        })
     }
 }
 
@@ -137,10 +134,7 @@ pub fn stable_id(parts: &[&str]) -> String {
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

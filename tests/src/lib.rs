@@ -81,7 +81,8 @@ impl Cluster {
     /// test's temporary folder and `{repo}` by the repository root).
     pub async fn start(topology_toml: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let broker = LocalBroker::start(BrokerStore::Memory, Some(&dir.path().join("broker.log"))).expect("start the local broker");
+        let broker = LocalBroker::start(BrokerStore::Memory, Some(&dir.path().join("broker.log")))
+            .expect("start the local broker");
         let text = topology_toml
             .replace("{dir}", &dir.path().display().to_string())
             .replace("{repo}", &repo_root().display().to_string());
@@ -104,11 +105,11 @@ impl Cluster {
 
     /// Starts `distillery run NAME` as a child process; its log goes to `NAME-REPLICA-N.log`.
     pub fn spawn(&self, name: &str, replica: &str) -> Proc {
-        self.spawn_with(name, replica, &[])
+        self.spawn_with(name, replica, &[], &[])
     }
 
-    /// Like [`Cluster::spawn`], with extra flags for `distillery run`.
-    pub fn spawn_with(&self, name: &str, replica: &str, extra: &[&str]) -> Proc {
+    /// Like [`Cluster::spawn`], with extra flags for `distillery run` and extra environment.
+    pub fn spawn_with(&self, name: &str, replica: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = self.path(&format!("{name}-{replica}-{n}.log"));
@@ -119,6 +120,7 @@ impl Cluster {
             .arg(&self.topology_path)
             .args(["--bootstrap-servers", &self.broker.bootstrap_servers(), "--replica", replica])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,rdkafka=warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -131,7 +133,11 @@ impl Cluster {
 
     /// Runs a source (the feeder) to completion and returns its output.
     pub fn run_source(&self, name: &str) -> String {
-        let mut proc = self.spawn(name, "0");
+        self.run_source_with_env(name, &[])
+    }
+
+    pub fn run_source_with_env(&self, name: &str, env: &[(&str, &str)]) -> String {
+        let mut proc = self.spawn_with(name, "0", &[], env);
         let status = proc.child.wait().unwrap();
         let log = proc.log();
         assert!(status.success(), "{name} failed: {log}");
@@ -200,7 +206,8 @@ impl Proc {
     /// The partitions named in the last "partitions assigned" line of the log.
     pub fn last_assignment(&self) -> Option<BTreeSet<String>> {
         let log = self.log();
-        let line = log.lines().rev().find(|l| l.contains("partitions assigned: ") || l.contains("partitions revoked: "))?;
+        let line =
+            log.lines().rev().find(|l| l.contains("partitions assigned: ") || l.contains("partitions revoked: "))?;
         let (_, list) = line.split_once("partitions assigned: ")?;
         let list = list.split(" processor=").next().unwrap_or(list).trim();
         Some(list.split(", ").filter(|p| !p.is_empty()).map(str::to_string).collect())
@@ -247,4 +254,62 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+}
+
+/// A real S3-compatible server (moto's, installed by `.ci/install-tools`) on a free loopback
+/// port, stopped when dropped.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl S3Server {
+    /// Starts the server and creates `bucket`.
+    pub fn start(bucket: &str) -> S3Server {
+        let venv = std::env::var("DISTILLERY_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/distillery-venv"));
+        let port = free_port();
+        let child = Command::new(venv.join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server (run .ci/install-tools)");
+        let server = S3Server { child, port };
+        wait_until("the S3 server", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        // CreateBucket: moto accepts unsigned requests.
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "create bucket: {response}");
+        server
+    }
+
+    /// The environment `object_store` reads to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

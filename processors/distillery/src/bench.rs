@@ -42,8 +42,35 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
 /// vocabulary, deterministic).
 fn trace_like_text(bytes: usize, seed: u64) -> String {
     const WORDS: &[&str] = &[
-        "so", "the", "answer", "is", "let", "me", "check", "x", "=", "+", "2", "squared", "wait", "then", "we", "get",
-        "\\frac{1}{2}", "because", "sum", "of", "terms", "therefore", "compute", "factor", "(", ")", "equation", "7", "13",
+        "so",
+        "the",
+        "answer",
+        "is",
+        "let",
+        "me",
+        "check",
+        "x",
+        "=",
+        "+",
+        "2",
+        "squared",
+        "wait",
+        "then",
+        "we",
+        "get",
+        "\\frac{1}{2}",
+        "because",
+        "sum",
+        "of",
+        "terms",
+        "therefore",
+        "compute",
+        "factor",
+        "(",
+        ")",
+        "equation",
+        "7",
+        "13",
     ];
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut out = String::with_capacity(bytes + 16);
@@ -56,7 +83,12 @@ fn trace_like_text(bytes: usize, seed: u64) -> String {
     out
 }
 
-async fn bench_runtime(records: usize, record_kib: usize, partitions: i32, bootstrap: Option<String>) -> anyhow::Result<()> {
+async fn bench_runtime(
+    records: usize,
+    record_kib: usize,
+    partitions: i32,
+    bootstrap: Option<String>,
+) -> anyhow::Result<()> {
     const WARMUP: usize = 200;
     let _broker;
     let connection = match bootstrap {
@@ -115,7 +147,10 @@ async fn bench_runtime(records: usize, record_kib: usize, partitions: i32, boots
     let raw = raw_round_trip(&connection, &topology.topic_name("raw"), &payloads).await?;
     let raw_secs = (raw.produce + raw.consume).as_secs_f64();
     // Baseline: the same records copied by a bare rdkafka loop (the named baseline).
-    let copy_secs = raw_copy(&connection, &topology.topic_name("raw"), &topology.topic_name("raw-copy"), WARMUP, records).await?.as_secs_f64();
+    let copy_secs =
+        raw_copy(&connection, &topology.topic_name("raw"), &topology.topic_name("raw-copy"), WARMUP, records)
+            .await?
+            .as_secs_f64();
 
     // Runtime: the input is loaded first; the clock runs from the warm-up's last output to
     // the last timed output, so the group join is not counted.
@@ -143,7 +178,10 @@ async fn bench_runtime(records: usize, record_kib: usize, partitions: i32, boots
             let (t0, at) = started.expect("set above");
             break (t0.elapsed(), done - at);
         }
-        anyhow::ensure!(Instant::now() < deadline, "the passthrough processor produced only {done} records in 15 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the passthrough processor produced only {done} records in 15 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let _ = stop_tx.send(());

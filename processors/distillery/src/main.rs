@@ -13,7 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "distillery", version, about = "Streaming reasoning distillation on Kafka: teachers -> judge -> agreement -> packer -> trainer -> evaluators")]
+#[command(
+    name = "distillery",
+    version,
+    about = "Streaming reasoning distillation on Kafka: teachers -> judge -> agreement -> packer -> trainer -> evaluators"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -117,7 +121,12 @@ async fn main() -> anyhow::Result<()> {
                 telemetry::serve_metrics(addr)?;
             }
             let connection = connect(&topology, &broker)?;
-            let run = ProcessorRun { topology: Arc::new(topology), name, replica: replica.unwrap_or_else(default_replica), connection };
+            let run = ProcessorRun {
+                topology: Arc::new(topology),
+                name,
+                replica: replica.unwrap_or_else(default_replica),
+                connection,
+            };
             let summary = registry::run_instance(run, shutdown::signal()).await?;
             println!("{summary}");
         }
@@ -125,7 +134,10 @@ async fn main() -> anyhow::Result<()> {
             let topology = load_topology(&file)?;
             for (name, instance) in &topology.processors {
                 if !registry::RUNNABLE.contains(&instance.kind.as_str()) {
-                    println!("note: processor '{name}' (type {}) checks, but this build cannot run it yet", instance.kind);
+                    println!(
+                        "note: processor '{name}' (type {}) checks, but this build cannot run it yet",
+                        instance.kind
+                    );
                 }
             }
             println!(
@@ -154,13 +166,19 @@ async fn main() -> anyhow::Result<()> {
             let topology = Topology::load(&topology)?;
             let connection = connect(&topology, &broker)?;
             let name = topology.topic_name(&topic);
-            let records = tokio::task::spawn_blocking(move || reader::read_to_end(&connection, &name, Duration::from_secs(600))).await??;
+            let records =
+                tokio::task::spawn_blocking(move || reader::read_to_end(&connection, &name, Duration::from_secs(600)))
+                    .await??;
             use std::io::Write;
             let mut out = std::io::stdout().lock();
             for record in records {
                 let line = match distillery_schemas::decode_any(&record.payload) {
-                    Ok(decoded) => serde_json::json!({"partition": record.partition, "offset": record.offset, "kind": decoded.kind.name(), "record": decoded.json}),
-                    Err(e) => serde_json::json!({"partition": record.partition, "offset": record.offset, "undecodable": e.to_string()}),
+                    Ok(decoded) => {
+                        serde_json::json!({"partition": record.partition, "offset": record.offset, "kind": decoded.kind.name(), "record": decoded.json})
+                    }
+                    Err(e) => {
+                        serde_json::json!({"partition": record.partition, "offset": record.offset, "undecodable": e.to_string()})
+                    }
                 };
                 // A closed pipe (`| head`) ends the listing quietly.
                 if writeln!(out, "{line}").is_err() {

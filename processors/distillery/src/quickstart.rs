@@ -29,7 +29,10 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let topology = Topology::load(&args.topology)?;
     topology.validate(&args.topology.display().to_string(), &registry::processor_types())?;
     std::fs::create_dir_all(&args.work_dir)?;
-    let broker = LocalBroker::start(BrokerStore::Sqlite(args.work_dir.join("broker.db")), Some(&args.work_dir.join("broker.log")))?;
+    let broker = LocalBroker::start(
+        BrokerStore::Sqlite(args.work_dir.join("broker.db")),
+        Some(&args.work_dir.join("broker.log")),
+    )?;
     let connection = broker.connection();
     println!("local broker on {} (store {})", broker.bootstrap_servers(), args.work_dir.join("broker.db").display());
     admin::apply_topology(&topology, &connection).await?;
@@ -41,7 +44,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let mut sources = Vec::new();
     for (name, instance) in topology.processors.iter() {
         for replica in 0..instance.replicas {
-            let run = ProcessorRun { topology: topology.clone(), name: name.clone(), replica: replica.to_string(), connection: connection.clone() };
+            let run = ProcessorRun {
+                topology: topology.clone(),
+                name: name.clone(),
+                replica: replica.to_string(),
+                connection: connection.clone(),
+            };
             let mut stop = stop_rx.clone();
             let stopped = async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;

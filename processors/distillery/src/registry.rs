@@ -37,14 +37,39 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
     const TRAINER: &[PortSpec] = &[port("checkpoints", CheckpointEvent), port("metrics", TrainMetrics)];
     const EVALUATOR: &[PortSpec] = &[port("results", EvalResult)];
     vec![
-        ProcessorTypeSpec { name: "feeder", input: None, outputs: distillery_feeder::OUTPUTS, check_settings: check_feeder },
-        ProcessorTypeSpec { name: "passthrough", input: Some(Question), outputs: Passthrough::OUTPUTS, check_settings: check_passthrough },
+        ProcessorTypeSpec {
+            name: "feeder",
+            input: None,
+            outputs: distillery_feeder::OUTPUTS,
+            check_settings: check_feeder,
+        },
+        ProcessorTypeSpec {
+            name: "passthrough",
+            input: Some(Question),
+            outputs: Passthrough::OUTPUTS,
+            check_settings: check_passthrough,
+        },
         ProcessorTypeSpec { name: "sampler", input: Some(Question), outputs: SAMPLER, check_settings: check_later },
         ProcessorTypeSpec { name: "judge", input: Some(TeacherSample), outputs: JUDGE, check_settings: check_later },
-        ProcessorTypeSpec { name: "agreement", input: Some(JudgedSample), outputs: AGREEMENT, check_settings: check_later },
+        ProcessorTypeSpec {
+            name: "agreement",
+            input: Some(JudgedSample),
+            outputs: AGREEMENT,
+            check_settings: check_later,
+        },
         ProcessorTypeSpec { name: "packer", input: Some(AgreedSample), outputs: PACKER, check_settings: check_later },
-        ProcessorTypeSpec { name: "trainer", input: Some(ShardManifest), outputs: TRAINER, check_settings: check_later },
-        ProcessorTypeSpec { name: "evaluator", input: Some(CheckpointEvent), outputs: EVALUATOR, check_settings: check_later },
+        ProcessorTypeSpec {
+            name: "trainer",
+            input: Some(ShardManifest),
+            outputs: TRAINER,
+            check_settings: check_later,
+        },
+        ProcessorTypeSpec {
+            name: "evaluator",
+            input: Some(CheckpointEvent),
+            outputs: EVALUATOR,
+            check_settings: check_later,
+        },
     ]
 }
 
@@ -52,7 +77,10 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
 pub const RUNNABLE: &[&str] = &["feeder", "passthrough"];
 
 /// Runs one instance of the topology until it finishes (sources) or `shutdown` resolves.
-pub async fn run_instance(run: ProcessorRun, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<String> {
+pub async fn run_instance(
+    run: ProcessorRun,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<String> {
     let instance = run.topology.processor(&run.name).map_err(anyhow::Error::msg)?.clone();
     let settings_error = |e: String| anyhow::anyhow!("processor '{}': settings: {e}", run.name);
     match instance.kind.as_str() {

@@ -67,7 +67,8 @@ pub async fn run(
         already,
         pending: FuturesUnordered::new(),
         max_pending: settings.max_pending,
-        pace: (settings.rate_limit_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / settings.rate_limit_per_second)),
+        pace: (settings.rate_limit_per_second > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / settings.rate_limit_per_second)),
         next_send: Instant::now(),
         summary: FeedSummary::default(),
     };
@@ -132,7 +133,13 @@ struct Feed<'a> {
 }
 
 impl<'a> Feed<'a> {
-    async fn row(&mut self, file: &DatasetFile, index: u64, row: Result<serde_json::Value, String>, original: Vec<u8>) -> anyhow::Result<()> {
+    async fn row(
+        &mut self,
+        file: &DatasetFile,
+        index: u64,
+        row: Result<serde_json::Value, String>,
+        original: Vec<u8>,
+    ) -> anyhow::Result<()> {
         self.summary.rows += 1;
         let question = row.and_then(|value| rows::question_from_row(&value, file, index));
         let publisher = self.publisher;
@@ -152,7 +159,13 @@ impl<'a> Feed<'a> {
             }
             Err(reason) => {
                 let uri = file.uri.clone();
-                let failed = FailedInput { source_topic: &uri, partition: -1, offset: index as i64, key: None, original: &original };
+                let failed = FailedInput {
+                    source_topic: &uri,
+                    partition: -1,
+                    offset: index as i64,
+                    key: None,
+                    original: &original,
+                };
                 if !self.already.insert(dead_letter_id(&self.processor, &failed)) {
                     self.summary.skipped += 1;
                     return Ok(());
@@ -160,7 +173,13 @@ impl<'a> Feed<'a> {
                 self.summary.dead_lettered += 1;
                 let reason = format!("row {index}: {reason}");
                 self.pending.push(Box::pin(async move {
-                    let failed = FailedInput { source_topic: &uri, partition: -1, offset: index as i64, key: None, original: &original };
+                    let failed = FailedInput {
+                        source_topic: &uri,
+                        partition: -1,
+                        offset: index as i64,
+                        key: None,
+                        original: &original,
+                    };
                     Ok(publisher.dead_letter(failed, ErrorClass::User, &reason).await?)
                 }));
             }

@@ -32,9 +32,10 @@ pub fn question_from_row(row: &Value, file: &DatasetFile, row_index: u64) -> Res
             let problem = field_text(row, file.problem_field.as_deref().unwrap_or("question"));
             let answer_field = file.answer_field.as_deref().unwrap_or("answer");
             let answer = match field_text(row, answer_field) {
-                Some(solution) => Some(gsm8k_final_answer(&solution).ok_or_else(|| {
-                    format!("field '{answer_field}' has no '#### <answer>' line")
-                })?),
+                Some(solution) => Some(
+                    gsm8k_final_answer(&solution)
+                        .ok_or_else(|| format!("field '{answer_field}' has no '#### <answer>' line"))?,
+                ),
                 None => None,
             };
             (problem, answer, file.id_field.as_deref().and_then(|f| field_text(row, f)))
@@ -185,14 +186,19 @@ mod tests {
         assert_eq!(question_from_row(&no_problem, &file(RowFormat::Aime), 0).unwrap_err(), "row has no problem text");
         let bad_gsm = json!({"question": "q", "answer": "no marker"});
         assert!(question_from_row(&bad_gsm, &file(RowFormat::Gsm8k), 0).unwrap_err().contains("####"));
-        let nemotron = json!({"uuid": "u", "messages": [{"role": "user", "content": "p"}], "metadata": "{'problem_source': 'x'}"});
-        assert_eq!(question_from_row(&nemotron, &file(RowFormat::Nemotron), 0).unwrap_err(), "row has no expected answer");
+        let nemotron =
+            json!({"uuid": "u", "messages": [{"role": "user", "content": "p"}], "metadata": "{'problem_source': 'x'}"});
+        assert_eq!(
+            question_from_row(&nemotron, &file(RowFormat::Nemotron), 0).unwrap_err(),
+            "row has no expected answer"
+        );
         assert_eq!(question_from_row(&json!([1]), &file(RowFormat::Aime), 0).unwrap_err(), "row is not an object");
     }
 
     #[test]
     fn aime_integer_answers_and_configured_fields() {
-        let q = question_from_row(&json!({"problem": "p", "answer": 70, "id": "0"}), &file(RowFormat::Aime), 0).unwrap();
+        let q =
+            question_from_row(&json!({"problem": "p", "answer": 70, "id": "0"}), &file(RowFormat::Aime), 0).unwrap();
         assert_eq!((q.expected_answer.as_str(), q.id.as_str()), ("70", "aime:0"));
         let mut f = file(RowFormat::Fields);
         f.problem_field = Some("q".into());

@@ -17,10 +17,17 @@ pub struct RawRoundTrip {
 
 /// Produces every payload to `topic` and waits for all acks (timed), then reads them all
 /// back with an assigned (group-less) consumer (timed).
-pub async fn raw_round_trip(connection: &Connection, topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<RawRoundTrip> {
+pub async fn raw_round_trip(
+    connection: &Connection,
+    topic: &str,
+    payloads: &[Vec<u8>],
+) -> anyhow::Result<RawRoundTrip> {
     let producer = connection.producer(None)?;
     // Not timed: the idempotent producer's start-up (broker connection, producer id).
-    producer.send(FutureRecord::<str, [u8]>::to(topic).payload(&payloads[0][..]), Timeout::Never).await.map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+    producer
+        .send(FutureRecord::<str, [u8]>::to(topic).payload(&payloads[0][..]), Timeout::Never)
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
     send_all(&producer, topic, payloads).await?;
     let produce = started.elapsed();
@@ -63,7 +70,11 @@ pub async fn produce_all(connection: &Connection, topic: &str, payloads: &[Vec<u
     send_all(&connection.producer(None)?, topic, payloads).await
 }
 
-async fn send_all(producer: &rdkafka::producer::FutureProducer, topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
+async fn send_all(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    payloads: &[Vec<u8>],
+) -> anyhow::Result<()> {
     let sends = payloads.iter().enumerate().map(|(i, payload)| {
         let key = format!("k{i}");
         async move {
@@ -82,7 +93,13 @@ async fn send_all(producer: &rdkafka::producer::FutureProducer, topic: &str, pay
 /// The least a copy processor must do: read `warmup + timed` records of `from` (assigned, no
 /// group) and produce each to `to`, 256 in flight; timed from the `warmup`-th ack to the last,
 /// so client start-up is not counted (as in the runtime's measurement).
-pub async fn raw_copy(connection: &Connection, from: &str, to: &str, warmup: usize, timed: usize) -> anyhow::Result<Duration> {
+pub async fn raw_copy(
+    connection: &Connection,
+    from: &str,
+    to: &str,
+    warmup: usize,
+    timed: usize,
+) -> anyhow::Result<Duration> {
     let expected = warmup + timed;
     use futures::stream::{FuturesUnordered, StreamExt};
     let consumer = connection.stream_reader()?;

@@ -30,7 +30,8 @@ pub fn nisshi_binary() -> PathBuf {
     std::env::var_os("DISTILLERY_NISSHI").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("nisshi"))
 }
 
-pub const INSTALL_HINT: &str = "cargo install nisshi@0.8.1 --locked --ignore-rust-version --no-default-features --features dynostore,libsql";
+pub const INSTALL_HINT: &str =
+    "cargo install nisshi@0.8.1 --locked --ignore-rust-version --no-default-features --features dynostore,libsql";
 
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -135,6 +136,9 @@ fn spawn(port: u16, store: &BrokerStore, log_path: Option<&Path>) -> anyhow::Res
         }
     }
     command.spawn().map_err(|e| {
-        anyhow::anyhow!("cannot start the local broker `{}`: {e}; install it with: {INSTALL_HINT}", nisshi_binary().display())
+        anyhow::anyhow!(
+            "cannot start the local broker `{}`: {e}; install it with: {INSTALL_HINT}",
+            nisshi_binary().display()
+        )
     })
 }

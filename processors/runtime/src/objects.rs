@@ -4,7 +4,9 @@
 //! `AWS_ENDPOINT` for a non-AWS server, `AWS_ALLOW_HTTP=true` for plain HTTP), never from
 //! files that get logged.
 
-use object_store::{aws::AmazonS3Builder, local::LocalFileSystem, path::Path as ObjectPath, ObjectStore, ObjectStoreExt};
+use object_store::{
+    aws::AmazonS3Builder, local::LocalFileSystem, path::Path as ObjectPath, ObjectStore, ObjectStoreExt,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,7 +24,8 @@ pub fn is_url(location: &str) -> bool {
 /// Resolves `s3://bucket/key`, `file:///abs/path` or a plain path.
 pub fn locate(location: &str) -> anyhow::Result<ObjectLocation> {
     if let Some(rest) = location.strip_prefix("s3://") {
-        let (bucket, key) = rest.split_once('/').ok_or_else(|| anyhow::anyhow!("{location}: expected s3://bucket/key"))?;
+        let (bucket, key) =
+            rest.split_once('/').ok_or_else(|| anyhow::anyhow!("{location}: expected s3://bucket/key"))?;
         let store = AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
         return Ok(ObjectLocation { store: Arc::new(store), path: ObjectPath::parse(key)? });
     }
@@ -58,4 +61,17 @@ pub async fn local_copy(location: &str, scratch: &Path) -> anyhow::Result<PathBu
     }
     file.flush().await?;
     Ok(target)
+}
+
+/// Writes `bytes` to a location (a whole object; no partial object is ever visible).
+pub async fn put_bytes(location: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    let ObjectLocation { store, path } = locate(location)?;
+    store.put(&path, bytes.into()).await?;
+    Ok(())
+}
+
+/// Reads a whole object.
+pub async fn get_bytes(location: &str) -> anyhow::Result<Vec<u8>> {
+    let ObjectLocation { store, path } = locate(location)?;
+    Ok(store.get(&path).await?.bytes().await?.to_vec())
 }

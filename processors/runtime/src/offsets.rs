@@ -54,10 +54,7 @@ impl OffsetTracker {
     /// assignment of it).
     pub fn assign(&mut self, partition: PartitionId) {
         self.next_generation += 1;
-        self.partitions.insert(
-            partition,
-            PartitionOffsets { generation: self.next_generation, ..Default::default() },
-        );
+        self.partitions.insert(partition, PartitionOffsets { generation: self.next_generation, ..Default::default() });
     }
 
     /// Stops tracking a revoked partition; returns what may still be committed for it.

@@ -72,9 +72,9 @@ impl Publisher {
     ) -> Result<Publisher, String> {
         let mut ports = HashMap::new();
         for port in outputs {
-            let topic = port_topics
-                .get(port.name)
-                .ok_or_else(|| format!("processor '{processor}': output port '{}' is not mapped to a topic", port.name))?;
+            let topic = port_topics.get(port.name).ok_or_else(|| {
+                format!("processor '{processor}': output port '{}' is not mapped to a topic", port.name)
+            })?;
             ports.insert(port.name, (topic.clone(), port.kind));
         }
         Ok(Publisher {
@@ -103,9 +103,14 @@ impl Publisher {
     pub async fn publish(&self, emits: &[Emit]) -> Result<(), PublishError> {
         let mut sends = Vec::with_capacity(emits.len());
         for emit in emits {
-            let (topic, kind) = self.ports.get(emit.port).ok_or_else(|| PublishError::UnknownPort(emit.port.to_string()))?;
+            let (topic, kind) =
+                self.ports.get(emit.port).ok_or_else(|| PublishError::UnknownPort(emit.port.to_string()))?;
             if *kind != emit.kind {
-                return Err(PublishError::WrongKind { port: emit.port.to_string(), emitted: emit.kind, declared: *kind });
+                return Err(PublishError::WrongKind {
+                    port: emit.port.to_string(),
+                    emitted: emit.kind,
+                    declared: *kind,
+                });
             }
             let headers = OwnedHeaders::new()
                 .insert(Header { key: HEADER_ID, value: Some(emit.id.as_str()) })
@@ -115,12 +120,19 @@ impl Publisher {
         }
         for result in futures::future::join_all(sends).await {
             let topic = result?;
-            metrics::counter!(telemetry::RECORDS_OUT, "processor" => self.processor.clone(), "topic" => topic).increment(1);
+            metrics::counter!(telemetry::RECORDS_OUT, "processor" => self.processor.clone(), "topic" => topic)
+                .increment(1);
         }
         Ok(())
     }
 
-    async fn send(&self, topic: &str, key: &str, payload: &[u8], headers: OwnedHeaders) -> Result<String, PublishError> {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<String, PublishError> {
         let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
         self.producer
             .send(record, Timeout::Never)
@@ -130,7 +142,12 @@ impl Publisher {
     }
 
     /// Sends a failed input to the dead-letter topic with the reason, and waits for the ack.
-    pub async fn dead_letter(&self, failed: FailedInput<'_>, class: ErrorClass, error: &str) -> Result<(), PublishError> {
+    pub async fn dead_letter(
+        &self,
+        failed: FailedInput<'_>,
+        class: ErrorClass,
+        error: &str,
+    ) -> Result<(), PublishError> {
         let id = dead_letter_id(&self.processor, &failed);
         let letter = DeadLetter {
             id: id.clone(),

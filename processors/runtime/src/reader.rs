@@ -72,7 +72,12 @@ pub fn read_to_end(connection: &Connection, topic: &str, timeout: Duration) -> a
                 .headers()
                 .map(|hs| {
                     hs.iter()
-                        .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -100,7 +105,11 @@ pub fn end_offset_total(connection: &Connection, topic: &str) -> anyhow::Result<
 
 fn end_offsets(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let t = metadata.topics().iter().find(|t| t.name() == topic).ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist"))?;
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist"))?;
     let mut ends = HashMap::new();
     for p in t.partitions() {
         let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;

@@ -23,7 +23,7 @@
 use crate::dedup::RecentIds;
 use crate::kafka::Connection;
 use crate::offsets::{InFlight, OffsetTracker, PartitionId};
-use crate::processor::{Processor, ProcessError, RecordContext};
+use crate::processor::{ProcessError, Processor, RecordContext};
 use crate::publisher::{FailedInput, PublishError, Publisher};
 use crate::settings::{Delivery, RuntimeSettings};
 use crate::telemetry;
@@ -159,8 +159,12 @@ impl ConsumerContext for RuntimeContext {
                 None => offsets_list(&done).and_then(|list| consumer.commit(&list, CommitMode::Sync)),
             };
             match result {
-                Ok(()) => tracing::info!(processor = %self.shared.processor, "committed {} revoked partition(s)", done.len()),
-                Err(e) => tracing::warn!(processor = %self.shared.processor, "commit on revoke failed (the new owner replays): {e}"),
+                Ok(()) => {
+                    tracing::info!(processor = %self.shared.processor, "committed {} revoked partition(s)", done.len())
+                }
+                Err(e) => {
+                    tracing::warn!(processor = %self.shared.processor, "commit on revoke failed (the new owner replays): {e}")
+                }
             }
         }
         let _ = self.shared.events.send(RebalanceEvent::Revoked(partitions));
@@ -189,12 +193,15 @@ impl ConsumerContext for RuntimeContext {
                 let mut tracker = lock(&self.shared.tracker);
                 for e in offsets.elements() {
                     if let Offset::Offset(offset) = e.offset() {
-                        tracker.committed(&PartitionId { topic: e.topic().to_string(), partition: e.partition() }, offset);
+                        tracker
+                            .committed(&PartitionId { topic: e.topic().to_string(), partition: e.partition() }, offset);
                     }
                 }
                 metrics::counter!(telemetry::COMMITS, "processor" => self.shared.processor.clone()).increment(1);
             }
-            Err(e) => tracing::warn!(processor = %self.shared.processor, "offset commit failed (retried at the next interval): {e}"),
+            Err(e) => {
+                tracing::warn!(processor = %self.shared.processor, "offset commit failed (retried at the next interval): {e}")
+            }
         }
     }
 }
@@ -383,12 +390,15 @@ fn commit_done(consumer: &StreamConsumer<RuntimeContext>, shared: &Shared, mode:
             }
         }
         (Ok(()), CommitMode::Async) => {} // commit_callback records it
-        (Err(e), _) => tracing::warn!(processor = %shared.processor, "offset commit failed (retried at the next interval): {e}"),
+        (Err(e), _) => {
+            tracing::warn!(processor = %shared.processor, "offset commit failed (retried at the next interval): {e}")
+        }
     }
 }
 
 async fn on_rebalance<P: Processor>(processor: &P, name: &str, event: RebalanceEvent) {
-    let describe = |ps: &[PartitionId]| ps.iter().map(|p| format!("{}[{}]", p.topic, p.partition)).collect::<Vec<_>>().join(", ");
+    let describe =
+        |ps: &[PartitionId]| ps.iter().map(|p| format!("{}[{}]", p.topic, p.partition)).collect::<Vec<_>>().join(", ");
     match event {
         RebalanceEvent::Assigned(partitions) => {
             tracing::info!(processor = %name, "partitions assigned: {}", describe(&partitions));
@@ -424,7 +434,8 @@ impl<P: Processor> RecordTask<P> {
             Some(Ok(())) => {
                 lock(&self.shared.tracker).complete(&ticket);
                 self.shared.counters.records_done.fetch_add(1, Ordering::Relaxed);
-                metrics::histogram!(telemetry::PROCESS_SECONDS, "processor" => name).record(started.elapsed().as_secs_f64());
+                metrics::histogram!(telemetry::PROCESS_SECONDS, "processor" => name)
+                    .record(started.elapsed().as_secs_f64());
             }
             Some(Err(error)) => {
                 let message = format!(
@@ -481,17 +492,17 @@ impl<P: Processor> RecordTask<P> {
             let ctx = &ctx;
             async move {
                 // A panic in one record's processing must not take the whole stream down.
-                AssertUnwindSafe(self.processor.process(input, ctx))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| Err(ProcessError::internal(format!("processor panicked: {}", panic_message(&panic)))))
+                AssertUnwindSafe(self.processor.process(input, ctx)).catch_unwind().await.unwrap_or_else(|panic| {
+                    Err(ProcessError::internal(format!("processor panicked: {}", panic_message(&panic))))
+                })
             }
         };
         let result = attempt
             .retry(backoff)
             .when(|e: &ProcessError| e.retryable)
             .notify(|e: &ProcessError, delay| {
-                metrics::counter!(telemetry::PROCESS_RETRIES, "processor" => self.shared.processor.clone()).increment(1);
+                metrics::counter!(telemetry::PROCESS_RETRIES, "processor" => self.shared.processor.clone())
+                    .increment(1);
                 tracing::debug!(processor = %self.shared.processor, "retrying in {delay:?}: {e}");
             })
             .await;

@@ -31,7 +31,11 @@ fn default_bootstrap() -> String {
 
 impl Default for KafkaSettings {
     fn default() -> Self {
-        KafkaSettings { bootstrap_servers: default_bootstrap(), properties: BTreeMap::new(), delivery: Delivery::default() }
+        KafkaSettings {
+            bootstrap_servers: default_bootstrap(),
+            properties: BTreeMap::new(),
+            delivery: Delivery::default(),
+        }
     }
 }
 
@@ -172,7 +176,8 @@ mod tests {
         let props = settings.resolved_properties().unwrap();
         assert_eq!(props["sasl.password"], "s3cret");
         assert_eq!(props["security.protocol"], "SASL_SSL");
-        let missing: KafkaSettings = toml::from_str(r#"properties = { "sasl.password" = "env:DISTILLERY_NOT_SET_ANYWHERE" }"#).unwrap();
+        let missing: KafkaSettings =
+            toml::from_str(r#"properties = { "sasl.password" = "env:DISTILLERY_NOT_SET_ANYWHERE" }"#).unwrap();
         let err = missing.resolved_properties().unwrap_err();
         assert!(err.contains("DISTILLERY_NOT_SET_ANYWHERE") && !err.contains("s3cret"), "{err}");
     }

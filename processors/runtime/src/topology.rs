@@ -18,8 +18,8 @@
 //! settings = { dataset = "gsm8k", files = [{ path = "data/gsm8k.jsonl", format = "gsm8k" }] }
 //! ```
 
-use crate::settings::{KafkaSettings, RuntimeSettings};
 use crate::processor::PortSpec;
+use crate::settings::{KafkaSettings, RuntimeSettings};
 use distillery_schemas::RecordKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -156,8 +156,8 @@ impl Topology {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Topology, TopologyError> {
-        let mut topology: Topology = toml::from_str(text)
-            .map_err(|e| TopologyError::Parse { path: origin.to_string(), source: Box::new(e) })?;
+        let mut topology: Topology =
+            toml::from_str(text).map_err(|e| TopologyError::Parse { path: origin.to_string(), source: Box::new(e) })?;
         topology.topics.entry(DEAD_LETTERS.to_string()).or_insert_with(TopicSpec::dead_letters);
         Ok(topology)
     }
@@ -184,8 +184,13 @@ impl Topology {
     /// topics read that no processor writes.
     pub fn check(&self, types: &[ProcessorTypeSpec]) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.experiment.is_empty() || !self.experiment.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            problems.push(format!("experiment '{}' must be non-empty and use only letters, digits, '-', '_' and '.'", self.experiment));
+        if self.experiment.is_empty()
+            || !self.experiment.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(format!(
+                "experiment '{}' must be non-empty and use only letters, digits, '-', '_' and '.'",
+                self.experiment
+            ));
         }
         let mut topic_kinds = BTreeMap::new();
         for (name, topic) in &self.topics {
@@ -211,7 +216,11 @@ impl Topology {
         for (name, instance) in &self.processors {
             let Some(spec) = types.iter().find(|t| t.name == instance.kind) else {
                 let known: Vec<_> = types.iter().map(|t| t.name).collect();
-                problems.push(format!("processor '{name}': unknown type '{}' (known: {})", instance.kind, known.join(", ")));
+                problems.push(format!(
+                    "processor '{name}': unknown type '{}' (known: {})",
+                    instance.kind,
+                    known.join(", ")
+                ));
                 continue;
             };
             if instance.replicas < 1 {
@@ -234,7 +243,8 @@ impl Topology {
             }
             for input in &instance.inputs {
                 match (topic_kinds.get(input.as_str()), spec.input) {
-                    (None, _) => problems.push(format!("processor '{name}': input topic '{input}' is not declared under [topics]")),
+                    (None, _) => problems
+                        .push(format!("processor '{name}': input topic '{input}' is not declared under [topics]")),
                     (Some(&kind), Some(expected)) if kind != expected => problems.push(format!(
                         "processor '{name}': reads '{input}' whose schema is {kind}, but type '{}' reads {expected}",
                         spec.name
@@ -248,17 +258,25 @@ impl Topology {
             }
             for port in spec.outputs {
                 if !instance.outputs.contains_key(port.name) {
-                    problems.push(format!("processor '{name}': output port '{}' ({}) is not mapped to a topic", port.name, port.kind));
+                    problems.push(format!(
+                        "processor '{name}': output port '{}' ({}) is not mapped to a topic",
+                        port.name, port.kind
+                    ));
                 }
             }
             for (port, topic) in &instance.outputs {
                 let Some(port_spec) = spec.outputs.iter().find(|p| p.name == port) else {
                     let known: Vec<_> = spec.outputs.iter().map(|p| p.name).collect();
-                    problems.push(format!("processor '{name}': type '{}' has no output port '{port}' (it has: {})", spec.name, known.join(", ")));
+                    problems.push(format!(
+                        "processor '{name}': type '{}' has no output port '{port}' (it has: {})",
+                        spec.name,
+                        known.join(", ")
+                    ));
                     continue;
                 };
                 match topic_kinds.get(topic.as_str()) {
-                    None => problems.push(format!("processor '{name}': output topic '{topic}' is not declared under [topics]")),
+                    None => problems
+                        .push(format!("processor '{name}': output topic '{topic}' is not declared under [topics]")),
                     Some(&kind) if kind != port_spec.kind => problems.push(format!(
                         "processor '{name}': port '{port}' writes {} but topic '{topic}' holds {kind}",
                         port_spec.kind
@@ -295,7 +313,12 @@ mod tests {
     fn types() -> Vec<ProcessorTypeSpec> {
         vec![
             ProcessorTypeSpec { name: "feeder", input: None, outputs: FEED_OUT, check_settings: ok_settings },
-            ProcessorTypeSpec { name: "copy", input: Some(RecordKind::Question), outputs: COPY_OUT, check_settings: ok_settings },
+            ProcessorTypeSpec {
+                name: "copy",
+                input: Some(RecordKind::Question),
+                outputs: COPY_OUT,
+                check_settings: ok_settings,
+            },
         ]
     }
 
@@ -329,18 +352,26 @@ mod tests {
 
     #[test]
     fn reading_a_topic_no_one_writes_is_rejected() {
-        let text = GOOD.replace("outputs = { questions = \"questions\" }", "outputs = { questions = \"copies\" }")
-            .replace("outputs = { out = \"copies\" }", "outputs = { out = \"copies\" }");
+        let text = GOOD.replace("outputs = { questions = \"questions\" }", "outputs = { questions = \"copies\" }");
         let t = Topology::parse(&text, "x").unwrap();
         let problems = t.check(&types());
-        assert!(problems.iter().any(|p| p.contains("reads topic 'questions' that no processor writes")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("reads topic 'questions' that no processor writes")),
+            "{problems:?}"
+        );
     }
 
     #[test]
     fn mismatched_schemas_are_rejected() {
-        let text = GOOD.replace("[topics.copies]\n        schema = \"question\"", "[topics.copies]\n        schema = \"teacher_sample\"");
+        let text = GOOD.replace(
+            "[topics.copies]\n        schema = \"question\"",
+            "[topics.copies]\n        schema = \"teacher_sample\"",
+        );
         let problems = Topology::parse(&text, "x").unwrap().check(&types());
-        assert!(problems.iter().any(|p| p.contains("port 'out' writes question but topic 'copies' holds teacher_sample")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("port 'out' writes question but topic 'copies' holds teacher_sample")),
+            "{problems:?}"
+        );
     }
 
     #[test]
