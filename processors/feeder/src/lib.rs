@@ -159,28 +159,14 @@ impl<'a> Feed<'a> {
             }
             Err(reason) => {
                 let uri = file.uri.clone();
-                let failed = FailedInput {
-                    source_topic: &uri,
-                    partition: -1,
-                    offset: index as i64,
-                    key: None,
-                    original: &original,
-                };
-                if !self.already.insert(dead_letter_id(&self.processor, &failed)) {
+                if !self.already.insert(dead_letter_id(&self.processor, &failed_row(&uri, index, &original))) {
                     self.summary.skipped += 1;
                     return Ok(());
                 }
                 self.summary.dead_lettered += 1;
                 let reason = format!("row {index}: {reason}");
                 self.pending.push(Box::pin(async move {
-                    let failed = FailedInput {
-                        source_topic: &uri,
-                        partition: -1,
-                        offset: index as i64,
-                        key: None,
-                        original: &original,
-                    };
-                    Ok(publisher.dead_letter(failed, ErrorClass::User, &reason).await?)
+                    Ok(publisher.dead_letter(failed_row(&uri, index, &original), ErrorClass::User, &reason).await?)
                 }));
             }
         }
@@ -191,4 +177,10 @@ impl<'a> Feed<'a> {
         }
         Ok(())
     }
+}
+
+/// A dataset row that cannot become a question, described for the dead-letter topic: the
+/// file stands in for the topic, the row index for the offset.
+fn failed_row<'a>(uri: &'a str, index: u64, original: &'a [u8]) -> FailedInput<'a> {
+    FailedInput { source_topic: uri, partition: -1, offset: index as i64, key: None, original }
 }

@@ -13,6 +13,14 @@ use std::collections::BTreeMap;
 /// thousands of ids; a dead letter carries the original record.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
+/// Lets a consumer fetch records up to [`MAX_MESSAGE_BYTES`] (librdkafka requires the
+/// response limit to exceed the fetch limit).
+fn accept_large_records(config: &mut ClientConfig) {
+    config
+        .set("fetch.max.bytes", MAX_MESSAGE_BYTES.to_string())
+        .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES + 1024 * 1024).to_string());
+}
+
 /// A resolved way to reach the cluster: bootstrap servers plus any pass-through properties
 /// (security settings with secrets already read from the environment).
 #[derive(Clone)]
@@ -90,37 +98,33 @@ impl Connection {
             .set("session.timeout.ms", session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (session_timeout_ms / 4).max(100).to_string())
             .set("fetch.message.max.bytes", (4 * 1024 * 1024).to_string())
-            .set("fetch.max.bytes", MAX_MESSAGE_BYTES.to_string())
-            .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES + 1024 * 1024).to_string())
             // Periodic statistics feed the consumer-lag gauge.
             .set("statistics.interval.ms", "5000");
+        accept_large_records(&mut config);
         config.create_with_context(context)
     }
 
     /// Consumer without a group, for reading topics from the beginning (tools, tests, the
     /// feeder's check for already published ids).
     pub fn reader(&self) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-        let mut config = self.base();
-        config
-            .set("group.id", "distillery-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.max.bytes", MAX_MESSAGE_BYTES.to_string())
-            .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES + 1024 * 1024).to_string());
-        config.create()
+        self.reader_config().create()
     }
 
     /// [`Connection::reader`] as an async stream (for the benchmark's raw baseline).
     pub fn stream_reader(&self) -> Result<rdkafka::consumer::StreamConsumer, rdkafka::error::KafkaError> {
+        self.reader_config().create()
+    }
+
+    fn reader_config(&self) -> ClientConfig {
         let mut config = self.base();
+        // Readers assign partitions themselves; the group id is required but never joined.
         config
             .set("group.id", "distillery-reader")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("fetch.max.bytes", MAX_MESSAGE_BYTES.to_string())
-            .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES + 1024 * 1024).to_string());
-        config.create()
+            .set("auto.offset.reset", "earliest");
+        accept_large_records(&mut config);
+        config
     }
 
     /// A consumer that reads a group's committed offsets without joining the group.
