@@ -30,7 +30,14 @@ fn the_paper_topology_reproduces_the_papers_parameters() {
     assert_eq!(setting(&t, "sampler-gpt-oss", "model").as_str(), Some("openai/gpt-oss-120b"));
     assert_eq!(setting(&t, "sampler-gpt-oss", "system_prompt").as_str(), Some(""));
     assert_eq!(setting(&t, "sampler-deepseek-r1", "teacher").as_str(), Some("deepseek-r1"));
-    assert_eq!(setting(&t, "sampler-deepseek-r1", "replay")["format"].as_str(), Some("nemotron"));
+    let replay = &setting(&t, "sampler-deepseek-r1", "replay")["dataset"];
+    assert_eq!(replay["format"].as_str(), Some("nemotron"));
+    assert_eq!(replay["uri"].as_str(), files[0]["uri"].as_str(), "R1 traces come from the questions' own rows");
+    assert_eq!(
+        replay["dataset"].as_str(),
+        files[0]["dataset"].as_str(),
+        "same dataset name, so the question ids match"
+    );
     // Judge and agreement: Qwen3-30B-A3B-Thinking-2507; keep questions both teachers solved.
     assert_eq!(setting(&t, "judge", "model").as_str(), Some("Qwen/Qwen3-30B-A3B-Thinking-2507"));
     let required: Vec<_> =

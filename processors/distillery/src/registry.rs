@@ -5,6 +5,7 @@ use distillery_feeder::FeederSettings;
 use distillery_passthrough::{Passthrough, PassthroughSettings};
 use distillery_runtime::topology::ProcessorTypeSpec;
 use distillery_runtime::{run_processor, PortSpec, Processor, ProcessorRun};
+use distillery_sampler::{Sampler, SamplerSettings};
 use distillery_schemas::RecordKind;
 use std::future::Future;
 
@@ -14,6 +15,10 @@ fn check_feeder(table: &toml::Table) -> Result<(), String> {
 
 fn check_passthrough(table: &toml::Table) -> Result<(), String> {
     PassthroughSettings::from_table(table).map(|_| ())
+}
+
+fn check_sampler(table: &toml::Table) -> Result<(), String> {
+    SamplerSettings::from_table(table).map(|_| ())
 }
 
 /// Types whose contract (input and output records) is fixed by DESIGN.md but which this
@@ -30,7 +35,6 @@ const fn port(name: &'static str, kind: RecordKind) -> PortSpec {
 /// Every processor type, runnable or not.
 pub fn processor_types() -> Vec<ProcessorTypeSpec> {
     use RecordKind::*;
-    const SAMPLER: &[PortSpec] = &[port("samples", TeacherSample)];
     const JUDGE: &[PortSpec] = &[port("judged", JudgedSample)];
     const AGREEMENT: &[PortSpec] = &[port("agreed", AgreedSample), port("rejected", AgreedSample)];
     const PACKER: &[PortSpec] = &[port("shards", ShardManifest)];
@@ -49,7 +53,12 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
             outputs: Passthrough::OUTPUTS,
             check_settings: check_passthrough,
         },
-        ProcessorTypeSpec { name: "sampler", input: Some(Question), outputs: SAMPLER, check_settings: check_later },
+        ProcessorTypeSpec {
+            name: "sampler",
+            input: Some(Question),
+            outputs: Sampler::OUTPUTS,
+            check_settings: check_sampler,
+        },
         ProcessorTypeSpec { name: "judge", input: Some(TeacherSample), outputs: JUDGE, check_settings: check_later },
         ProcessorTypeSpec {
             name: "agreement",
@@ -74,7 +83,7 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
 }
 
 /// Types `distillery run` can start in this build.
-pub const RUNNABLE: &[&str] = &["feeder", "passthrough"];
+pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler"];
 
 /// Runs one instance of the topology until it finishes (sources) or `shutdown` resolves.
 pub async fn run_instance(
@@ -92,6 +101,12 @@ pub async fn run_instance(
         "passthrough" => {
             let settings = PassthroughSettings::from_table(&instance.settings).map_err(settings_error)?;
             let summary = run_processor(Passthrough::new(settings), run, shutdown).await?;
+            Ok(format!("{summary:?}"))
+        }
+        "sampler" => {
+            let settings = SamplerSettings::from_table(&instance.settings).map_err(settings_error)?;
+            let sampler = Sampler::new(&run.name, settings).await?;
+            let summary = run_processor(sampler, run, shutdown).await?;
             Ok(format!("{summary:?}"))
         }
         other => anyhow::bail!(

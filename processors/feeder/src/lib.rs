@@ -10,7 +10,7 @@
 
 pub mod config;
 mod pyliteral;
-mod read;
+pub mod read;
 pub mod rows;
 
 pub use config::{DatasetFile, FeederSettings, FileType, RowFormat};

@@ -90,6 +90,8 @@ pub struct ServerConfig {
     pub answers: HashMap<String, String>,
     /// Length of the reasoning text in words.
     pub reasoning_words: usize,
+    /// Problems whose answer carries 2.5 MB of reasoning (for response-size limits).
+    pub oversized_problems: Vec<String>,
     /// Seconds in the Retry-After header of 429, 500 and 503 answers.
     pub retry_after_secs: u64,
     pub seed: u64,
@@ -105,6 +107,7 @@ impl Default for ServerConfig {
             style: None,
             answers: HashMap::new(),
             reasoning_words: 40,
+            oversized_problems: Vec::new(),
             retry_after_secs: 1,
             seed: 7,
         }
@@ -298,15 +301,13 @@ fn answer_for(config: &ServerConfig, problem: &str) -> String {
     if let Some(answer) = config.answers.get(problem) {
         return answer.clone();
     }
-    let last_number = problem
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .last()
-        .and_then(|s| s.parse::<u64>().ok());
+    let last_number =
+        problem.split(|c: char| !c.is_ascii_digit()).rev().find(|s| !s.is_empty()).and_then(|s| s.parse::<u64>().ok());
     last_number.map(|n| (n + 1).to_string()).unwrap_or_else(|| "42".into())
 }
 
-fn style_for(config: &ServerConfig, problem: &str) -> ReasoningStyle {
+/// The reasoning style the server uses for a problem (tests check that all three occur).
+pub fn style_for(config: &ServerConfig, problem: &str) -> ReasoningStyle {
     config.style.unwrap_or_else(|| {
         let hash = problem.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
         [ReasoningStyle::Reasoning, ReasoningStyle::ReasoningContent, ReasoningStyle::InlineThink][(hash % 3) as usize]
@@ -316,7 +317,12 @@ fn style_for(config: &ServerConfig, problem: &str) -> ReasoningStyle {
 fn completion(config: &ServerConfig, request: &Value, truncated: bool) -> Value {
     let problem = problem_of(request);
     let model = request["model"].as_str().unwrap_or("test-model");
-    let reasoning = format!("Let me think about this. {}", "step ".repeat(config.reasoning_words));
+    let words = if config.oversized_problems.iter().any(|p| problem.contains(p.as_str())) {
+        500_000
+    } else {
+        config.reasoning_words
+    };
+    let reasoning = format!("Let me think about this. {}", "step ".repeat(words));
     let answer = format!("The answer is \\boxed{{{}}}.", answer_for(config, &problem));
     let reasoning_tokens = config.reasoning_words as u64 + 5;
     let answer_tokens = if truncated { 0 } else { 8 };
