@@ -2,6 +2,7 @@
 //! and constructor (for `distillery run`). A new stage is one entry here.
 
 use distillery_feeder::FeederSettings;
+use distillery_judge::{Judge, JudgeSettings};
 use distillery_passthrough::{Passthrough, PassthroughSettings};
 use distillery_runtime::topology::ProcessorTypeSpec;
 use distillery_runtime::{run_processor, PortSpec, Processor, ProcessorRun};
@@ -21,6 +22,10 @@ fn check_sampler(table: &toml::Table) -> Result<(), String> {
     SamplerSettings::from_table(table).map(|_| ())
 }
 
+fn check_judge(table: &toml::Table) -> Result<(), String> {
+    JudgeSettings::from_table(table).map(|_| ())
+}
+
 /// Types whose contract (input and output records) is fixed by DESIGN.md but which this
 /// build cannot run yet: their topologies can be checked, not run. Their settings are
 /// checked by their own crates once they exist.
@@ -35,7 +40,6 @@ const fn port(name: &'static str, kind: RecordKind) -> PortSpec {
 /// Every processor type, runnable or not.
 pub fn processor_types() -> Vec<ProcessorTypeSpec> {
     use RecordKind::*;
-    const JUDGE: &[PortSpec] = &[port("judged", JudgedSample)];
     const AGREEMENT: &[PortSpec] = &[port("agreed", AgreedSample), port("rejected", AgreedSample)];
     const PACKER: &[PortSpec] = &[port("shards", ShardManifest)];
     const TRAINER: &[PortSpec] = &[port("checkpoints", CheckpointEvent), port("metrics", TrainMetrics)];
@@ -59,7 +63,12 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
             outputs: Sampler::OUTPUTS,
             check_settings: check_sampler,
         },
-        ProcessorTypeSpec { name: "judge", input: Some(TeacherSample), outputs: JUDGE, check_settings: check_later },
+        ProcessorTypeSpec {
+            name: "judge",
+            input: Some(TeacherSample),
+            outputs: Judge::OUTPUTS,
+            check_settings: check_judge,
+        },
         ProcessorTypeSpec {
             name: "agreement",
             input: Some(JudgedSample),
@@ -83,7 +92,7 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
 }
 
 /// Types `distillery run` can start in this build.
-pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler"];
+pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler", "judge"];
 
 /// Runs one instance of the topology until it finishes (sources) or `shutdown` resolves.
 pub async fn run_instance(
@@ -107,6 +116,11 @@ pub async fn run_instance(
             let settings = SamplerSettings::from_table(&instance.settings).map_err(settings_error)?;
             let sampler = Sampler::new(&run.name, settings).await?;
             let summary = run_processor(sampler, run, shutdown).await?;
+            Ok(format!("{summary:?}"))
+        }
+        "judge" => {
+            let settings = JudgeSettings::from_table(&instance.settings).map_err(settings_error)?;
+            let summary = run_processor(Judge::new(&run.name, settings)?, run, shutdown).await?;
             Ok(format!("{summary:?}"))
         }
         other => anyhow::bail!(

@@ -7,7 +7,9 @@
 //!
 //! The answer to a problem is `\boxed{X}` where X comes from [`ServerConfig::answers`] (by
 //! exact problem text), else the last integer in the problem plus one, else 42: tests script
-//! right and wrong answers with it.
+//! right and wrong answers with it. Asked as a judge (a user message with `<CORRECT_ANSWER>`
+//! and `<GENERATED_ANSWER>`), it replies MATCH when the generated answer contains the correct
+//! one, else MISMATCH.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -314,8 +316,31 @@ pub fn style_for(config: &ServerConfig, problem: &str) -> ReasoningStyle {
     })
 }
 
+/// As a judge model: MATCH when the generated answer contains the correct answer's text.
+fn judge_reply(message: &str) -> Option<String> {
+    let between = |open: &str, close: &str| {
+        let start = message.find(open)? + open.len();
+        let end = message[start..].find(close)? + start;
+        Some(message[start..end].trim().to_string())
+    };
+    let correct = between("<CORRECT_ANSWER>", "</CORRECT_ANSWER>")?;
+    let generated = between("<GENERATED_ANSWER>", "</GENERATED_ANSWER>")?;
+    let verdict = if !correct.is_empty() && generated.contains(&correct) { "MATCH" } else { "MISMATCH" };
+    Some(format!("Comparing the final answers.\n{verdict}"))
+}
+
 fn completion(config: &ServerConfig, request: &Value, truncated: bool) -> Value {
     let problem = problem_of(request);
+    if let Some(reply) = judge_reply(&problem).filter(|_| !truncated) {
+        return json!({
+            "id": "chatcmpl-judge",
+            "object": "chat.completion",
+            "created": 0,
+            "model": request["model"].as_str().unwrap_or("judge"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "reasoning": "Let me compare.", "content": reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
+        });
+    }
     let model = request["model"].as_str().unwrap_or("test-model");
     let words = if config.oversized_problems.iter().any(|p| problem.contains(p.as_str())) {
         500_000

@@ -1,0 +1,20 @@
+//! The judge: reads `samples`, writes `judged` (the sample plus MATCH / MISMATCH / ERROR, the
+//! extracted final answer, which method decided, and the judge model's raw reply).
+//!
+//! # Layout
+//! - `extract`: the final answer in a response (last `\boxed{}`, fallbacks).
+//! - `normalize`: LaTeX normalisation. `expr`: parsing and evaluating math answers.
+//! - `verify`: the rule-based verifier (MATCH / MISMATCH / UNSURE).
+//! - `llm`: the LLM judge's message and verdict parsing.
+//! - `config`: settings. `processor`: sample in -> judged sample out.
+
+pub mod config;
+pub mod expr;
+pub mod extract;
+pub mod llm;
+pub mod normalize;
+mod processor;
+pub mod verify;
+
+pub use config::JudgeSettings;
+pub use processor::Judge;
