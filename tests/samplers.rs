@@ -3,7 +3,7 @@
 
 use distillery_llm_test_server::{style_for, Fault, LlmServer, ReasoningStyle, ServerConfig};
 use distillery_runtime::bench::produce_all;
-use distillery_schemas::{decode, encode, DeadLetter, Question, TeacherSample};
+use distillery_schemas::{decode, encode, DeadLetter, JudgeMethod, JudgedSample, Question, TeacherSample, Verdict};
 use distillery_tests::{ids_with_counts, repo_root, wait_until, write_questions, Cluster};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
@@ -34,11 +34,40 @@ partitions = 4
 [topics.samples]
 schema = "teacher_sample"
 partitions = 4
+[topics.judged]
+schema = "judged_sample"
+partitions = 4
 "#;
 
+fn judge(url: &str) -> String {
+    format!(
+        r#"
+[processors.judge]
+type = "judge"
+inputs = ["samples"]
+outputs = {{ judged = "judged" }}
+runtime = {{ max_in_flight = 128 }}
+[processors.judge.settings]
+model = "test/judge"
+server = {{ endpoints = ["{url}"], retry_attempts = 10, retry_min_delay_ms = 5, retry_max_delay_ms = 100, request_timeout_secs = 10 }}
+"#
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn two_teachers_under_thirty_percent_faults_answer_every_question_once() {
+async fn two_teachers_and_the_judge_under_thirty_percent_faults_handle_every_question_once() {
+    // Every tenth question is answered in words, which the rule verifier leaves to the LLM judge.
+    let dir = tempfile::tempdir().unwrap();
+    write_questions(&dir.path().join("questions.jsonl"), QUESTIONS, 80);
+    let mut answers = std::collections::HashMap::new();
+    for (i, line) in std::fs::read_to_string(dir.path().join("questions.jsonl")).unwrap().lines().enumerate() {
+        if i % 10 == 0 {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            answers.insert(row["q"].as_str().unwrap().to_string(), format!("\\text{{the number }} {}", i + 1));
+        }
+    }
     let config = ServerConfig {
+        answers,
         fault_rate: 0.3,
         faults: Fault::ALL.to_vec(),
         fault_latency_ms: 50,
@@ -55,19 +84,21 @@ async fn two_teachers_under_thirty_percent_faults_answer_every_question_once() {
 type = "feeder"
 outputs = {{ questions = "questions" }}
 settings = {{ files = [{{ uri = "{{dir}}/questions.jsonl", format = "fields", dataset = "s", problem_field = "q", answer_field = "a", id_field = "key" }}] }}
-{}{}"#,
+{}{}{}"#,
         live_sampler("sampler-a", "teacher-a", &url),
-        live_sampler("sampler-b", "teacher-b", &url)
+        live_sampler("sampler-b", "teacher-b", &url),
+        judge(&url)
     );
     let cluster = Cluster::start(&topology).await;
-    write_questions(&cluster.path("questions.jsonl"), QUESTIONS, 80);
+    std::fs::copy(dir.path().join("questions.jsonl"), cluster.path("questions.jsonl")).unwrap();
     let mut a = cluster.spawn("sampler-a", "0");
     let mut b = cluster.spawn("sampler-b", "0");
+    let mut j = cluster.spawn("judge", "0");
     cluster.run_source("feeder");
-    wait_until("both samplers done", Duration::from_secs(120), || {
-        cluster.lag("sampler-a") == 0 && cluster.lag("sampler-b") == 0
+    wait_until("samplers and judge done", Duration::from_secs(120), || {
+        cluster.lag("sampler-a") == 0 && cluster.lag("sampler-b") == 0 && cluster.lag("judge") == 0
     });
-    assert!(a.terminate().success() && b.terminate().success());
+    assert!(a.terminate().success() && b.terminate().success() && j.terminate().success());
 
     let questions: Vec<Question> = cluster.read("questions").iter().map(|r| decode(&r.payload).unwrap()).collect();
     assert_eq!(questions.len(), QUESTIONS);
@@ -118,9 +149,37 @@ settings = {{ files = [{{ uri = "{{dir}}/questions.jsonl", format = "fields", da
     let faults = server.stats.faults();
     assert_eq!(faults.len(), Fault::ALL.len(), "every fault kind was injected: {faults:?}");
 
-    // The request: the paper's prompt around the problem, no system prompt, the settings.
+    // The judge: one verdict per sample; the clear cases by rule, the worded ones by the LLM.
+    let judged: BTreeMap<String, JudgedSample> = cluster
+        .read("judged")
+        .iter()
+        .map(|r| decode::<JudgedSample>(&r.payload).unwrap())
+        .map(|j| (j.sample.id.clone(), j))
+        .collect();
+    let judge_letters = letters.iter().filter(|l| l.processor == "judge").count();
+    assert_eq!(judged.len() + judge_letters, samples.len(), "every sample judged once (or dead-lettered): {}", j.log());
+    let mut by_path = BTreeMap::<(String, String), usize>::new();
+    for j in judged.values() {
+        *by_path.entry((format!("{:?}", j.method), format!("{:?}", j.verdict))).or_default() += 1;
+        match (j.sample.finish_reason.as_str(), j.sample.answer.as_deref()) {
+            ("length", _) => assert_eq!((j.verdict, j.method), (Verdict::Mismatch, JudgeMethod::Rule)),
+            (_, Some(answer)) if answer.contains("the number") => {
+                assert_eq!((j.verdict, j.method), (Verdict::Match, JudgeMethod::Llm), "{j:?}");
+                assert!(j.judge_output.as_deref().unwrap().ends_with("MATCH"));
+            }
+            _ => assert_eq!((j.verdict, j.method), (Verdict::Match, JudgeMethod::Rule), "{j:?}"),
+        }
+    }
+    eprintln!("verdicts by (method, verdict): {by_path:?}");
+    assert!(by_path.keys().any(|(m, _)| m == "Llm") && by_path.keys().any(|(m, _)| m == "Rule"));
+
+    // The requests: the paper's prompt around the problem, no system prompt, the settings; the
+    // judge's system prompt verbatim with both answers in their tags.
     let bodies = server.stats.bodies.lock().unwrap();
-    let body = &bodies[0];
+    let judge_body = bodies.iter().find(|b| b["model"] == "test/judge").unwrap();
+    assert_eq!(judge_body["messages"][0]["content"], distillery_judge::config::DEFAULT_SYSTEM_PROMPT);
+    assert!(judge_body["messages"][1]["content"].as_str().unwrap().starts_with("<CORRECT_ANSWER>\n"));
+    let body = bodies.iter().find(|b| b["model"] == "test/teacher-a").unwrap();
     let messages = body["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 1);
     assert!(messages[0]["content"].as_str().unwrap().starts_with(

@@ -40,7 +40,7 @@ async fn answers_survive_every_fault_kind() {
     .unwrap();
     let client = ChatClient::new("t", settings(vec![server.base_url()])).unwrap();
     for i in 0..60 {
-        let completion = client.complete(&request(&format!("What is {i} plus one?"))).await.unwrap();
+        let completion = client.complete(&request(&format!("What is {i} + 1?"))).await.unwrap();
         assert_eq!(completion.answer.as_deref(), Some(format!("The answer is \\boxed{{{}}}.", i + 1).as_str()));
         assert!(completion.reasoning.as_deref().unwrap().starts_with("Let me think"));
         assert_eq!(completion.finish_reason, "stop");

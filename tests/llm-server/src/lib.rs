@@ -6,8 +6,8 @@
 //! (`finish_reason: "length"`, `content: null`). It can also be switched off entirely.
 //!
 //! The answer to a problem is `\boxed{X}` where X comes from [`ServerConfig::answers`] (by
-//! exact problem text), else the last integer in the problem plus one, else 42: tests script
-//! right and wrong answers with it. Asked as a judge (a user message with `<CORRECT_ANSWER>`
+//! problem text contained in the request), else the sum for "What is A + B?", else 42: tests
+//! script right and wrong answers with it. Asked as a judge (a user message with `<CORRECT_ANSWER>`
 //! and `<GENERATED_ANSWER>`), it replies MATCH when the generated answer contains the correct
 //! one, else MISMATCH.
 
@@ -88,7 +88,7 @@ pub struct ServerConfig {
     pub latency_ms: u64,
     /// Fixed style, or None to rotate by problem so all three appear.
     pub style: Option<ReasoningStyle>,
-    /// Scripted answers by exact problem text.
+    /// Scripted answers, by problem text (matched when the request contains it).
     pub answers: HashMap<String, String>,
     /// Length of the reasoning text in words.
     pub reasoning_words: usize,
@@ -300,12 +300,16 @@ fn problem_of(request: &Value) -> String {
 }
 
 fn answer_for(config: &ServerConfig, problem: &str) -> String {
-    if let Some(answer) = config.answers.get(problem) {
+    if let Some(answer) = config.answers.iter().find(|(p, _)| problem.contains(p.as_str())).map(|(_, a)| a) {
         return answer.clone();
     }
-    let last_number =
-        problem.split(|c: char| !c.is_ascii_digit()).rev().find(|s| !s.is_empty()).and_then(|s| s.parse::<u64>().ok());
-    last_number.map(|n| (n + 1).to_string()).unwrap_or_else(|| "42".into())
+    // "What is A + B?" is answered right; anything else gets 42.
+    let sum = problem.split("What is ").nth(1).and_then(|rest| {
+        let (a, rest) = rest.split_once(" + ")?;
+        let b: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        Some(a.trim().parse::<i64>().ok()? + b.parse::<i64>().ok()?)
+    });
+    sum.map(|n| n.to_string()).unwrap_or_else(|| "42".into())
 }
 
 /// The reasoning style the server uses for a problem (tests check that all three occur).
