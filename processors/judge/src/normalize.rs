@@ -94,7 +94,7 @@ fn strip_units(s: &str) -> String {
     while words.len() > 1 {
         let last = words[words.len() - 1];
         let is_unit = last
-            .trim_end_matches(|c: char| c == '^' || c == '2' || c == '3' || c == '.')
+            .trim_end_matches(['^', '2', '3', '.'])
             .chars()
             .all(|c| c.is_ascii_alphabetic())
             && !last.is_empty();

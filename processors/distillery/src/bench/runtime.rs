@@ -1,4 +1,5 @@
-//! `distillery bench ...`: speed measured against a named baseline in the same run.
+//! `distillery bench runtime`: large records through the passthrough processor beside bare
+//! rdkafka clients on the same broker.
 
 use distillery_passthrough::{Passthrough, PassthroughSettings};
 use distillery_runtime::bench::{produce_all, raw_copy, raw_round_trip};
@@ -8,35 +9,6 @@ use distillery_runtime::{admin, run_processor, Connection, ProcessorRun, Topolog
 use distillery_schemas::{encode, Question};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(clap::Subcommand)]
-pub enum Bench {
-    /// Records/s and MB/s of large records through the pass-through processor (consume,
-    /// decode, process, encode, produce, commit) beside a bare rdkafka copy loop and the raw
-    /// produce-then-consume rate on the same broker: the ratio is the runtime's overhead.
-    Runtime {
-        /// Timed records (after a warm-up of 200 that are not timed). Runs shorter than a few
-        /// seconds are dominated by noise on a small machine.
-        #[arg(long, default_value_t = 8000)]
-        records: usize,
-        /// Size of each record's problem text, in KiB.
-        #[arg(long, default_value_t = 60)]
-        record_kib: usize,
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
-        /// Use this broker instead of starting the local one.
-        #[arg(long, env = "DISTILLERY_BOOTSTRAP_SERVERS")]
-        bootstrap_servers: Option<String>,
-    },
-}
-
-pub async fn run(which: Bench) -> anyhow::Result<()> {
-    match which {
-        Bench::Runtime { records, record_kib, partitions, bootstrap_servers } => {
-            bench_runtime(records, record_kib, partitions, bootstrap_servers).await
-        }
-    }
-}
 
 /// Text that compresses about like real reasoning traces (words drawn from a small
 /// vocabulary, deterministic).
@@ -83,7 +55,7 @@ fn trace_like_text(bytes: usize, seed: u64) -> String {
     out
 }
 
-async fn bench_runtime(
+pub async fn run(
     records: usize,
     record_kib: usize,
     partitions: i32,

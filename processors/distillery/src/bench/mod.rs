@@ -1,0 +1,83 @@
+//! `distillery bench ...`: speed measured against a named baseline in the same run, printed as
+//! ratios.
+
+mod judge;
+mod runtime;
+mod sampler;
+
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// Records/s and MB/s of large records through the pass-through processor (consume,
+    /// decode, process, encode, produce, commit) beside a bare rdkafka copy loop and the raw
+    /// produce-then-consume rate on the same broker: the ratio is the runtime's overhead.
+    Runtime {
+        /// Timed records (after a warm-up of 200 that are not timed). Runs shorter than a few
+        /// seconds are dominated by noise on a small machine.
+        #[arg(long, default_value_t = 8000)]
+        records: usize,
+        /// Size of each record's problem text, in KiB.
+        #[arg(long, default_value_t = 60)]
+        record_kib: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Use this broker instead of starting the local one.
+        #[arg(long, env = "DISTILLERY_BOOTSTRAP_SERVERS")]
+        bootstrap_servers: Option<String>,
+    },
+    /// Chat-completion requests/s of the samplers' client against the local OpenAI-compatible
+    /// server (zero latency), beside the `openai` Python client (asyncio) against the same
+    /// server in the same run.
+    Sampler {
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Requests the Python client sends (it is slower; its rate is per request).
+        #[arg(long, default_value_t = 4000)]
+        python_requests: usize,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+    /// The judge's rule verifier on MATH-500 answer pairs (equivalent rewrites and wrong
+    /// values): answers/s and agreement with the labels, beside Hugging Face's math-verify on
+    /// the same pairs; and the share it decides without the LLM judge.
+    Judge {
+        /// MATH-500 `test.jsonl` (the real file ships in ../shared/data).
+        #[arg(long, default_value = "../shared/data/math500/test.jsonl")]
+        math500: PathBuf,
+    },
+}
+
+pub async fn run(which: Bench) -> anyhow::Result<()> {
+    match which {
+        Bench::Runtime { records, record_kib, partitions, bootstrap_servers } => {
+            runtime::run(records, record_kib, partitions, bootstrap_servers).await
+        }
+        Bench::Sampler { requests, python_requests, concurrency } => {
+            sampler::run(requests, python_requests, concurrency).await
+        }
+        Bench::Judge { math500 } => judge::run(&math500),
+    }
+}
+
+/// The Python of the benchmark baselines' virtualenv (made by `.ci/install-tools`).
+fn venv_python() -> PathBuf {
+    std::env::var_os("DISTILLERY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/distillery-venv"))
+        .join("bin/python")
+}
+
+/// Runs a baseline script (shipped inside the binary) and parses the JSON line it prints.
+fn run_python(script: &str, args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let file = tempfile::Builder::new().suffix(".py").tempfile()?;
+    std::fs::write(file.path(), script)?;
+    let python = venv_python();
+    let output = std::process::Command::new(&python).arg(file.path()).args(args).output().map_err(|e| {
+        anyhow::anyhow!("cannot run the baseline with {} ({e}); run `bash .ci/install-tools` first", python.display())
+    })?;
+    anyhow::ensure!(output.status.success(), "the Python baseline failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| anyhow::anyhow!("baseline printed {line:?}: {e}"))
+}
