@@ -248,10 +248,14 @@ replay = {{ dataset = {{ uri = "{fixture}", format = "nemotron", dataset = "nm" 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_questions_empty_problems_and_huge_responses_get_clear_dead_letters() {
-    let server = LlmServer::start(ServerConfig { oversized_problems: vec!["HUGE".into()], ..ServerConfig::default() })
-        .await
-        .unwrap();
+async fn bad_questions_empty_problems_empty_answers_and_huge_responses_get_clear_dead_letters() {
+    let server = LlmServer::start(ServerConfig {
+        oversized_problems: vec!["HUGE".into()],
+        empty_problems: vec!["EMPTY".into()],
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
     let topology = format!(
         r#"experiment = "sampler-dlq"
 {TOPICS}
@@ -279,6 +283,7 @@ settings = {{ files = [{{ uri = "unused.jsonl", format = "aime" }}] }}
         b"{\"not\": \"avro\"}".to_vec(),
         question("empty", "  "),
         question("huge", "a HUGE answer"),
+        question("empty-answer", "an EMPTY answer"),
         question("fine", "What is 1 + 1?"),
     ];
     produce_all(&cluster.connection(), &cluster.topology.topic_name("questions"), &inputs).await.unwrap();
@@ -287,10 +292,15 @@ settings = {{ files = [{{ uri = "unused.jsonl", format = "aime" }}] }}
     assert!(sampler.is_running());
     assert!(sampler.terminate().success());
     let samples: Vec<TeacherSample> = cluster.read("samples").iter().map(|r| decode(&r.payload).unwrap()).collect();
-    assert_eq!(samples.iter().map(|s| s.question_id.as_str()).collect::<Vec<_>>(), ["fine"]);
+    assert_eq!(samples.iter().map(|s| s.question_id.as_str()).collect::<Vec<_>>(), ["fine"], "{samples:?}");
     let errors: Vec<String> =
         cluster.read("dead-letters").iter().map(|r| decode::<DeadLetter>(&r.payload).unwrap().error).collect();
-    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.starts_with("gave up after 10 attempts; last error:")
+            && e.ends_with("empty completion (finish_reason stop)")),
+        "{errors:?}"
+    );
     assert!(errors.iter().any(|e| e.starts_with("cannot decode the record as question")), "{errors:?}");
     assert!(errors.iter().any(|e| e == "question empty has no problem text"), "{errors:?}");
     assert!(

@@ -93,11 +93,8 @@ fn strip_units(s: &str) -> String {
     let mut words: Vec<&str> = s.split(' ').collect();
     while words.len() > 1 {
         let last = words[words.len() - 1];
-        let is_unit = last
-            .trim_end_matches(['^', '2', '3', '.'])
-            .chars()
-            .all(|c| c.is_ascii_alphabetic())
-            && !last.is_empty();
+        let is_unit =
+            last.trim_end_matches(['^', '2', '3', '.']).chars().all(|c| c.is_ascii_alphabetic()) && !last.is_empty();
         let before_is_number = words[words.len() - 2].chars().any(|c| c.is_ascii_digit());
         if is_unit && before_is_number {
             words.pop();

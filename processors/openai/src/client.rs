@@ -313,11 +313,16 @@ pub fn parse_completion(bytes: &[u8], endpoint: &str) -> Result<Completion, LlmE
         return Err(malformed("choice has no message".into()));
     }
     let split = split_reasoning(message);
+    let finish_reason = choice["finish_reason"].as_str().unwrap_or("unknown").to_string();
+    if split.reasoning.is_none() && split.answer.is_none() && finish_reason != "length" {
+        // Nothing generated and not cut off: a server fault, not an answer.
+        return Err(malformed(format!("empty completion (finish_reason {finish_reason})")));
+    }
     let count = |v: &Value| v.as_u64().map(|n| n.min(u32::MAX as u64) as u32);
     Ok(Completion {
         reasoning: split.reasoning,
         answer: split.answer,
-        finish_reason: choice["finish_reason"].as_str().unwrap_or("unknown").to_string(),
+        finish_reason,
         prompt_tokens: count(&body["usage"]["prompt_tokens"]).unwrap_or(0),
         completion_tokens: count(&body["usage"]["completion_tokens"]).unwrap_or(0),
         reasoning_tokens: count(&body["usage"]["completion_tokens_details"]["reasoning_tokens"]),
@@ -325,4 +330,21 @@ pub fn parse_completion(bytes: &[u8], endpoint: &str) -> Result<Completion, LlmE
         endpoint: endpoint.to_string(),
         latency: Duration::ZERO,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_completions_are_retryable_faults_and_truncations_are_results() {
+        let empty = br#"{"choices":[{"message":{"role":"assistant","content":""},"finish_reason":"stop"}]}"#;
+        assert!(
+            matches!(parse_completion(empty, "e"), Err(LlmError::Retryable { message, .. }) if message.ends_with("empty completion (finish_reason stop)"))
+        );
+        let cut = br#"{"choices":[{"message":{"role":"assistant","content":null},"finish_reason":"length"}]}"#;
+        assert_eq!(parse_completion(cut, "e").unwrap().finish_reason, "length");
+        assert!(parse_completion(b"{\"choices\": [", "e").is_err());
+        assert!(parse_completion(b"{\"choices\": []}", "e").is_err());
+    }
 }

@@ -94,6 +94,8 @@ pub struct ServerConfig {
     pub reasoning_words: usize,
     /// Problems whose answer carries 2.5 MB of reasoning (for response-size limits).
     pub oversized_problems: Vec<String>,
+    /// Problems answered with an empty message (`content: ""`, `finish_reason: "stop"`).
+    pub empty_problems: Vec<String>,
     /// Seconds in the Retry-After header of 429, 500 and 503 answers.
     pub retry_after_secs: u64,
     pub seed: u64,
@@ -110,6 +112,7 @@ impl Default for ServerConfig {
             answers: HashMap::new(),
             reasoning_words: 40,
             oversized_problems: Vec::new(),
+            empty_problems: Vec::new(),
             retry_after_secs: 1,
             seed: 7,
         }
@@ -346,6 +349,13 @@ fn completion(config: &ServerConfig, request: &Value, truncated: bool) -> Value 
         });
     }
     let model = request["model"].as_str().unwrap_or("test-model");
+    if config.empty_problems.iter().any(|p| problem.contains(p.as_str())) {
+        return json!({
+            "id": "chatcmpl-empty", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}
+        });
+    }
     let words = if config.oversized_problems.iter().any(|p| problem.contains(p.as_str())) {
         500_000
     } else {

@@ -55,12 +55,7 @@ fn trace_like_text(bytes: usize, seed: u64) -> String {
     out
 }
 
-pub async fn run(
-    records: usize,
-    record_kib: usize,
-    partitions: i32,
-    bootstrap: Option<String>,
-) -> anyhow::Result<()> {
+pub async fn run(records: usize, record_kib: usize, partitions: i32, bootstrap: Option<String>) -> anyhow::Result<()> {
     const WARMUP: usize = 200;
     let _broker;
     let connection = match bootstrap {
