@@ -1,6 +1,7 @@
 //! The one list of processor types: name -> ports and settings check (for `topology check`)
 //! and constructor (for `distillery run`). A new stage is one entry here.
 
+use distillery_agreement::{Agreement, AgreementSettings};
 use distillery_feeder::FeederSettings;
 use distillery_judge::{Judge, JudgeSettings};
 use distillery_passthrough::{Passthrough, PassthroughSettings};
@@ -26,6 +27,10 @@ fn check_judge(table: &toml::Table) -> Result<(), String> {
     JudgeSettings::from_table(table).map(|_| ())
 }
 
+fn check_agreement(table: &toml::Table) -> Result<(), String> {
+    AgreementSettings::from_table(table).map(|_| ())
+}
+
 /// Types whose contract (input and output records) is fixed by DESIGN.md but which this
 /// build cannot run yet: their topologies can be checked, not run. Their settings are
 /// checked by their own crates once they exist.
@@ -40,7 +45,6 @@ const fn port(name: &'static str, kind: RecordKind) -> PortSpec {
 /// Every processor type, runnable or not.
 pub fn processor_types() -> Vec<ProcessorTypeSpec> {
     use RecordKind::*;
-    const AGREEMENT: &[PortSpec] = &[port("agreed", AgreedSample), port("rejected", AgreedSample)];
     const PACKER: &[PortSpec] = &[port("shards", ShardManifest)];
     const TRAINER: &[PortSpec] = &[port("checkpoints", CheckpointEvent), port("metrics", TrainMetrics)];
     const EVALUATOR: &[PortSpec] = &[port("results", EvalResult)];
@@ -72,8 +76,8 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
         ProcessorTypeSpec {
             name: "agreement",
             input: Some(JudgedSample),
-            outputs: AGREEMENT,
-            check_settings: check_later,
+            outputs: Agreement::OUTPUTS,
+            check_settings: check_agreement,
         },
         ProcessorTypeSpec { name: "packer", input: Some(AgreedSample), outputs: PACKER, check_settings: check_later },
         ProcessorTypeSpec {
@@ -92,7 +96,7 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
 }
 
 /// Types `distillery run` can start in this build.
-pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler", "judge"];
+pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler", "judge", "agreement"];
 
 /// Runs one instance of the topology until it finishes (sources) or `shutdown` resolves.
 pub async fn run_instance(
@@ -121,6 +125,11 @@ pub async fn run_instance(
         "judge" => {
             let settings = JudgeSettings::from_table(&instance.settings).map_err(settings_error)?;
             let summary = run_processor(Judge::new(&run.name, settings)?, run, shutdown).await?;
+            Ok(format!("{summary:?}"))
+        }
+        "agreement" => {
+            let settings = AgreementSettings::from_table(&instance.settings).map_err(settings_error)?;
+            let summary = run_processor(Agreement::new(settings), run, shutdown).await?;
             Ok(format!("{summary:?}"))
         }
         other => anyhow::bail!(

@@ -70,6 +70,24 @@ pub async fn produce_all(connection: &Connection, topic: &str, payloads: &[Vec<u
     send_all(&connection.producer(None)?, topic, payloads).await
 }
 
+/// Produces (key, payload) pairs and waits for all acks: load with real partition keys.
+pub async fn produce_keyed(connection: &Connection, topic: &str, records: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    let producer = connection.producer(None)?;
+    let sends = records.iter().map(|(key, payload)| {
+        let producer = &producer;
+        async move {
+            producer
+                .send(FutureRecord::to(topic).key(key.as_str()).payload(payload), Timeout::Never)
+                .await
+                .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))
+        }
+    });
+    for result in futures::future::join_all(sends).await {
+        result?;
+    }
+    Ok(())
+}
+
 async fn send_all(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,

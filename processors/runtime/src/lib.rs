@@ -6,6 +6,7 @@
 //! - `runner`: the consume -> process -> produce loop with bounded concurrency,
 //!   contiguous-offset commits, rebalances, retries, dead letters and graceful shutdown.
 //! - `offsets`: which input offset may be committed. `dedup`: dropping replayed records.
+//! - `restore`: rebuilding a stateful processor's state from its input on assignment.
 //! - `publisher`: producing outputs and dead letters with their headers.
 //! - `source`: what processors without an input topic (the feeder) run on.
 //! - `reader`: reading a topic from the beginning (tools, tests, replays).
@@ -26,6 +27,7 @@ pub mod offsets;
 pub mod processor;
 pub mod publisher;
 pub mod reader;
+mod restore;
 pub mod runner;
 pub mod settings;
 pub mod shutdown;

@@ -49,6 +49,24 @@ pub trait Processor: Send + Sync + 'static {
     fn on_shutdown(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// True for processors whose state is rebuilt from their own input: when partitions are
+    /// assigned, the runtime feeds every record below the group's committed offset to
+    /// [`Processor::restore`] before any new record is processed. State thereby moves with
+    /// its partition and survives restarts, with no store of its own.
+    const RESTORES_FROM_INPUT: bool = false;
+
+    /// Rebuilds state from one record that was already processed (its outputs were already
+    /// delivered, so none are produced).
+    fn restore(&self, _input: Self::Input, _ctx: &RecordContext) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Called every `tick_interval_ms`: outputs that the passing of time produces (expired
+    /// joins). They are produced like any output; a replay of a tick yields the same ids.
+    fn on_tick(&self) -> impl Future<Output = Vec<Emit>> + Send {
+        async { Vec::new() }
+    }
 }
 
 /// Where the record being processed came from.

@@ -25,6 +25,7 @@ use crate::kafka::Connection;
 use crate::offsets::{InFlight, OffsetTracker, PartitionId};
 use crate::processor::{ProcessError, Processor, RecordContext};
 use crate::publisher::{FailedInput, PublishError, Publisher};
+use crate::restore::restore_partitions;
 use crate::settings::{Delivery, RuntimeSettings};
 use crate::telemetry;
 use crate::topology::{Topology, DEAD_LETTERS};
@@ -280,6 +281,8 @@ pub async fn run_processor<P: Processor>(
     let mut tasks = JoinSet::new();
     let mut commit_tick = tokio::time::interval(settings.commit_interval());
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(Duration::from_millis(settings.tick_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
 
     let fatal = loop {
@@ -287,7 +290,15 @@ pub async fn run_processor<P: Processor>(
             biased;
             _ = &mut shutdown => break None,
             _ = shared.fatal_notify.notified() => break lock(&shared.fatal).clone(),
-            Some(event) = events.recv() => on_rebalance(&*processor, &run.name, event).await,
+            Some(event) = events.recv() => on_rebalance(&*processor, &run, event).await?,
+            _ = tick.tick() => {
+                let emits = processor.on_tick().await;
+                if !emits.is_empty() {
+                    if let Err(e) = publisher.publish(&emits).await {
+                        tracing::warn!(processor = %run.name, "tick outputs not delivered (retried at the next tick): {e}");
+                    }
+                }
+            }
             _ = commit_tick.tick() => {
                 if exactly_once {
                     // A transaction must hold every output of the offsets it commits: let the
@@ -321,7 +332,7 @@ pub async fn run_processor<P: Processor>(
                 };
                 // Hooks of newly assigned partitions run before their first record.
                 while let Ok(event) = events.try_recv() {
-                    on_rebalance(&*processor, &run.name, event).await;
+                    on_rebalance(&*processor, &run, event).await?;
                 }
                 let partition = PartitionId { topic: message.topic().to_string(), partition: message.partition() };
                 let Some(ticket) = lock(&shared.tracker).begin(&partition, message.offset()) else { continue };
@@ -396,19 +407,26 @@ fn commit_done(consumer: &StreamConsumer<RuntimeContext>, shared: &Shared, mode:
     }
 }
 
-async fn on_rebalance<P: Processor>(processor: &P, name: &str, event: RebalanceEvent) {
+async fn on_rebalance<P: Processor>(processor: &P, run: &ProcessorRun, event: RebalanceEvent) -> anyhow::Result<()> {
+    let name = run.name.as_str();
     let describe =
         |ps: &[PartitionId]| ps.iter().map(|p| format!("{}[{}]", p.topic, p.partition)).collect::<Vec<_>>().join(", ");
     match event {
         RebalanceEvent::Assigned(partitions) => {
             tracing::info!(processor = %name, "partitions assigned: {}", describe(&partitions));
             processor.on_assigned(&partitions).await;
+            if P::RESTORES_FROM_INPUT && !partitions.is_empty() {
+                let group = run.topology.group_id(name);
+                let restored = restore_partitions(processor, name, &run.connection, &group, &partitions).await?;
+                tracing::info!(processor = %name, "state restored from {restored} input record(s)");
+            }
         }
         RebalanceEvent::Revoked(partitions) => {
             tracing::info!(processor = %name, "partitions revoked: {}", describe(&partitions));
             processor.on_revoked(&partitions).await;
         }
     }
+    Ok(())
 }
 
 /// Everything one record's task needs.

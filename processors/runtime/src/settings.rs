@@ -94,6 +94,9 @@ pub struct RuntimeSettings {
     /// get evicted.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// How often the processor's `on_tick` runs (expiries of pending joins).
+    #[serde(default = "default_tick_interval_ms")]
+    pub tick_interval_ms: u64,
 }
 
 fn default_max_in_flight() -> usize {
@@ -120,6 +123,9 @@ fn default_dedup_window() -> usize {
 fn default_session_timeout_ms() -> u64 {
     10_000
 }
+fn default_tick_interval_ms() -> u64 {
+    1_000
+}
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
@@ -132,6 +138,7 @@ impl Default for RuntimeSettings {
             retry_max_delay_ms: default_retry_max_delay_ms(),
             dedup_window: default_dedup_window(),
             session_timeout_ms: default_session_timeout_ms(),
+            tick_interval_ms: default_tick_interval_ms(),
         }
     }
 }
@@ -143,6 +150,9 @@ impl RuntimeSettings {
         }
         if self.commit_interval_ms == 0 {
             return Err("commit_interval_ms must be at least 1".into());
+        }
+        if self.tick_interval_ms == 0 {
+            return Err("tick_interval_ms must be at least 1".into());
         }
         if self.retry_min_delay_ms > self.retry_max_delay_ms {
             return Err("retry_min_delay_ms must not exceed retry_max_delay_ms".into());
