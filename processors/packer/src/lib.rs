@@ -8,9 +8,13 @@
 //!   reference its fill ratio is measured against).
 //! - `shard`: the shard file (safetensors: tokens, loss mask, positions, boundaries) and its
 //!   JSON manifest.
+//! - `template`: the student's Jinja chat template (minijinja) and where the completion starts.
+//! - `tokenize`: token ids and the completion loss mask (`tokenizers`).
 //!
-//! Built so far: packing and the shard format. Rendering with the student's chat template,
-//! tokenization and the processor itself come next (issue 4).
+//! Built so far: packing, the shard format, template rendering and masked tokenization. The
+//! real tokenizers (Tekken, SmolLM2, GPT-2) and the processor itself come next (issue 4).
 
 pub mod ffd;
 pub mod shard;
+pub mod template;
+pub mod tokenize;

@@ -1,0 +1,115 @@
+//! Tokenizing a rendered sample with a Hugging Face tokenizer (`tokenizers`), and the loss
+//! mask: 1 on every token of the completion (the assistant turn after its role header, end of
+//! turn included), 0 on system, user and template tokens. The mask follows byte offsets into
+//! the rendered text, so it is exact whatever the tokenizer merges; a token that would
+//! straddle the prompt/completion boundary is an error, not a guess.
+
+use crate::shard::TokenizedSequence;
+use crate::template::RenderedSample;
+use sha2::{Digest, Sha256};
+use tokenizers::Tokenizer;
+
+pub struct StudentTokenizer {
+    tokenizer: Tokenizer,
+    /// sha256 of the tokenizer.json bytes, recorded in shard manifests.
+    pub sha256: String,
+}
+
+impl std::fmt::Debug for StudentTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StudentTokenizer").field("sha256", &self.sha256).finish()
+    }
+}
+
+impl StudentTokenizer {
+    /// From the bytes of a `tokenizer.json`.
+    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<StudentTokenizer> {
+        let tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot load tokenizer.json: {e}"))?;
+        Ok(StudentTokenizer { tokenizer, sha256: hex::encode(Sha256::digest(bytes)) })
+    }
+
+    pub fn from_tokenizer(tokenizer: Tokenizer, sha256: String) -> StudentTokenizer {
+        StudentTokenizer { tokenizer, sha256 }
+    }
+
+    /// Token ids and loss mask of a rendered sample. Special tokens in the text (role markers,
+    /// end of turn) are recognised as such; none are added around it (the template writes
+    /// them).
+    pub fn tokenize(&self, question_id: &str, sample: &RenderedSample) -> anyhow::Result<TokenizedSequence> {
+        let encoding =
+            self.tokenizer.encode(sample.text.as_str(), false).map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
+        let boundary = sample.completion_start;
+        let mut loss_mask = Vec::with_capacity(encoding.len());
+        for &(start, end) in encoding.get_offsets() {
+            if start < boundary && end > boundary {
+                anyhow::bail!(
+                    "a token spans the prompt/completion boundary at byte {boundary}; the loss mask would be ambiguous"
+                );
+            }
+            loss_mask.push(u8::from(start >= boundary));
+        }
+        Ok(TokenizedSequence {
+            question_id: question_id.to_string(),
+            input_ids: encoding.get_ids().to_vec(),
+            loss_mask,
+        })
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.tokenizer.decode(ids, false).map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::{assistant_turn, ChatTemplate};
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{AddedToken, Tokenizer};
+
+    /// A byte-level tokenizer (one token per byte, like GPT-2's before merges) with the
+    /// template's special tokens: decoding any span gives back its exact text.
+    fn byte_level() -> StudentTokenizer {
+        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort_unstable();
+        let vocab: tokenizers::models::bpe::Vocab =
+            alphabet.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().unwrap();
+        let mut tokenizer = Tokenizer::new(bpe);
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevel::default()));
+        tokenizer.add_special_tokens(&[
+            AddedToken::from("<SPECIAL_10>", true),
+            AddedToken::from("<SPECIAL_11>", true),
+            AddedToken::from("<SPECIAL_12>", true),
+        ]);
+        StudentTokenizer::from_tokenizer(tokenizer, "test".into())
+    }
+
+    const TEMPLATE: &str = "{% for m in messages %}{% if m['role'] == 'user' %}<SPECIAL_11>User\n{{ m['content'] }}\n{% elif m['role'] == 'assistant' %}<SPECIAL_11>Assistant\n<think>\n{{ m['content'] }}<SPECIAL_12>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<SPECIAL_11>Assistant\n<think>\n{% endif %}";
+
+    #[test]
+    fn the_masked_tokens_decode_to_exactly_the_assistant_text() {
+        let template = ChatTemplate::new(TEMPLATE, "", "<SPECIAL_12>").unwrap();
+        let tokenizer = byte_level();
+        let rendered = template
+            .render_sample(None, "Compute 2+2 – quickly.", &assistant_turn(Some("2+2=4 ✓"), Some("\\boxed{4}")))
+            .unwrap();
+        let sequence = tokenizer.tokenize("q", &rendered).unwrap();
+        let masked: Vec<u32> =
+            sequence.input_ids.iter().zip(&sequence.loss_mask).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect();
+        let unmasked: Vec<u32> =
+            sequence.input_ids.iter().zip(&sequence.loss_mask).filter(|(_, m)| **m == 0).map(|(t, _)| *t).collect();
+        assert_eq!(tokenizer.decode(&masked).unwrap(), "2+2=4 ✓</think>\\boxed{4}<SPECIAL_12>\n");
+        assert_eq!(
+            tokenizer.decode(&unmasked).unwrap(),
+            "<SPECIAL_11>User\nCompute 2+2 – quickly.\n<SPECIAL_11>Assistant\n<think>\n"
+        );
+        let first_completion = sequence.loss_mask.iter().position(|m| *m == 1).unwrap();
+        assert!(
+            sequence.loss_mask[first_completion..].iter().all(|m| *m == 1),
+            "the completion is one contiguous span to the end"
+        );
+    }
+}
