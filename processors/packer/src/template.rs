@@ -144,3 +144,22 @@ mod tests {
         assert!(format!("{:#}", raising.render(&[], false).unwrap_err()).contains("roles must alternate"));
     }
 }
+
+#[cfg(test)]
+mod nemotron_tests {
+    use super::*;
+
+    /// NVIDIA-Nemotron-Nano-v2's template (see templates/SOURCES.md).
+    const NEMOTRON: &str = include_str!("../templates/nvidia-nemotron-nano-v2.jinja");
+
+    #[test]
+    fn the_nemotron_template_keeps_the_reasoning_in_the_completion() {
+        let t = ChatTemplate::new(NEMOTRON, "", "<SPECIAL_12>").unwrap();
+        let r = t
+            .render_sample(None, "What is 2+2?", &assistant_turn(Some("Two plus two is four."), Some("\\boxed{4}")))
+            .unwrap();
+        let (prompt, completion) = r.text.split_at(r.completion_start);
+        assert_eq!(prompt, "<SPECIAL_10>System\n\n\n<SPECIAL_11>User\nWhat is 2+2?\n<SPECIAL_11>Assistant\n<think>\n");
+        assert_eq!(completion, "Two plus two is four.</think>\\boxed{4}\n<SPECIAL_12>\n");
+    }
+}
