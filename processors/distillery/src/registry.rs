@@ -4,6 +4,7 @@
 use distillery_agreement::{Agreement, AgreementSettings};
 use distillery_feeder::FeederSettings;
 use distillery_judge::{Judge, JudgeSettings};
+use distillery_packer::{Packer, PackerSettings};
 use distillery_passthrough::{Passthrough, PassthroughSettings};
 use distillery_runtime::topology::ProcessorTypeSpec;
 use distillery_runtime::{run_processor, PortSpec, Processor, ProcessorRun};
@@ -31,6 +32,10 @@ fn check_agreement(table: &toml::Table) -> Result<(), String> {
     AgreementSettings::from_table(table).map(|_| ())
 }
 
+fn check_packer(table: &toml::Table) -> Result<(), String> {
+    PackerSettings::from_table(table).map(|_| ())
+}
+
 /// Types whose contract (input and output records) is fixed by DESIGN.md but which this
 /// build cannot run yet: their topologies can be checked, not run. Their settings are
 /// checked by their own crates once they exist.
@@ -45,7 +50,6 @@ const fn port(name: &'static str, kind: RecordKind) -> PortSpec {
 /// Every processor type, runnable or not.
 pub fn processor_types() -> Vec<ProcessorTypeSpec> {
     use RecordKind::*;
-    const PACKER: &[PortSpec] = &[port("shards", ShardManifest)];
     const TRAINER: &[PortSpec] = &[port("checkpoints", CheckpointEvent), port("metrics", TrainMetrics)];
     const EVALUATOR: &[PortSpec] = &[port("results", EvalResult)];
     vec![
@@ -79,7 +83,12 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
             outputs: Agreement::OUTPUTS,
             check_settings: check_agreement,
         },
-        ProcessorTypeSpec { name: "packer", input: Some(AgreedSample), outputs: PACKER, check_settings: check_later },
+        ProcessorTypeSpec {
+            name: "packer",
+            input: Some(AgreedSample),
+            outputs: Packer::OUTPUTS,
+            check_settings: check_packer,
+        },
         ProcessorTypeSpec {
             name: "trainer",
             input: Some(ShardManifest),
@@ -96,7 +105,7 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
 }
 
 /// Types `distillery run` can start in this build.
-pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler", "judge", "agreement"];
+pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler", "judge", "agreement", "packer"];
 
 /// Runs one instance of the topology until it finishes (sources) or `shutdown` resolves.
 pub async fn run_instance(
@@ -130,6 +139,11 @@ pub async fn run_instance(
         "agreement" => {
             let settings = AgreementSettings::from_table(&instance.settings).map_err(settings_error)?;
             let summary = run_processor(Agreement::new(settings), run, shutdown).await?;
+            Ok(format!("{summary:?}"))
+        }
+        "packer" => {
+            let settings = PackerSettings::from_table(&instance.settings).map_err(settings_error)?;
+            let summary = run_processor(Packer::new(settings).await?, run, shutdown).await?;
             Ok(format!("{summary:?}"))
         }
         other => anyhow::bail!(

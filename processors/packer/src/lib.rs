@@ -10,11 +10,19 @@
 //!   JSON manifest.
 //! - `template`: the student's Jinja chat template (minijinja) and where the completion starts.
 //! - `tokenize`: token ids and the completion loss mask (`tokenizers`).
+//! - `config`: settings. `processor`: agreed sample in -> shard manifests out, restart-safe:
+//!   the questions in published shards are learned from the manifests, the rest rebuilt from
+//!   the input.
 //!
-//! Built so far: packing, the shard format, template rendering and masked tokenization. The
-//! real tokenizers (Tekken, SmolLM2, GPT-2) and the processor itself come next (issue 4).
+//! Still to come (issue 4): loading the real tokenizers shipped by packages (Tekken, SmolLM2,
+//! GPT-2; see ASSETS.md), `distillery export nemo`, and the S3 and Python checks.
 
+pub mod config;
 pub mod ffd;
+mod processor;
 pub mod shard;
 pub mod template;
 pub mod tokenize;
+
+pub use config::PackerSettings;
+pub use processor::Packer;

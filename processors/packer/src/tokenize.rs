@@ -60,31 +60,35 @@ impl StudentTokenizer {
     }
 }
 
+/// A stand-in tokenizer for tests and tiny runs: byte-level, one token per byte (GPT-2's
+/// alphabet without merges), plus the given special tokens. Any span decodes back to its
+/// exact text. Real students load their own `tokenizer.json`.
+pub fn byte_level_tokenizer(special_tokens: &[&str]) -> Tokenizer {
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort_unstable();
+    let vocab: Vocab = alphabet.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
+    let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().expect("a byte vocabulary is a valid BPE");
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    let specials: Vec<tokenizers::AddedToken> =
+        special_tokens.iter().map(|t| tokenizers::AddedToken::from(t.to_string(), true)).collect();
+    tokenizer.add_special_tokens(&specials);
+    tokenizer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::template::{assistant_turn, ChatTemplate};
-    use tokenizers::models::bpe::BPE;
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::{AddedToken, Tokenizer};
 
-    /// A byte-level tokenizer (one token per byte, like GPT-2's before merges) with the
-    /// template's special tokens: decoding any span gives back its exact text.
     fn byte_level() -> StudentTokenizer {
-        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-        alphabet.sort_unstable();
-        let vocab: tokenizers::models::bpe::Vocab =
-            alphabet.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().unwrap();
-        let mut tokenizer = Tokenizer::new(bpe);
-        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        tokenizer.with_decoder(Some(ByteLevel::default()));
-        tokenizer.add_special_tokens(&[
-            AddedToken::from("<SPECIAL_10>", true),
-            AddedToken::from("<SPECIAL_11>", true),
-            AddedToken::from("<SPECIAL_12>", true),
-        ]);
-        StudentTokenizer::from_tokenizer(tokenizer, "test".into())
+        StudentTokenizer::from_tokenizer(
+            byte_level_tokenizer(&["<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>"]),
+            "test".into(),
+        )
     }
 
     const TEMPLATE: &str = "{% for m in messages %}{% if m['role'] == 'user' %}<SPECIAL_11>User\n{{ m['content'] }}\n{% elif m['role'] == 'assistant' %}<SPECIAL_11>Assistant\n<think>\n{{ m['content'] }}<SPECIAL_12>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<SPECIAL_11>Assistant\n<think>\n{% endif %}";

@@ -75,3 +75,22 @@ pub async fn get_bytes(location: &str) -> anyhow::Result<Vec<u8>> {
     let ObjectLocation { store, path } = locate(location)?;
     Ok(store.get(&path).await?.bytes().await?.to_vec())
 }
+
+/// Whether [`put_new`] wrote the object or found it already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutNew {
+    Created,
+    AlreadyExisted,
+}
+
+/// Writes `bytes` only if nothing is at the location yet (a conditional put: S3's
+/// If-None-Match, an exclusive create on a filesystem), so a restarted writer never
+/// overwrites an object a reader may already use.
+pub async fn put_new(location: &str, bytes: Vec<u8>) -> anyhow::Result<PutNew> {
+    let ObjectLocation { store, path } = locate(location)?;
+    match store.put_opts(&path, bytes.into(), object_store::PutMode::Create.into()).await {
+        Ok(_) => Ok(PutNew::Created),
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(PutNew::AlreadyExisted),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -62,6 +62,17 @@ pub trait Processor: Send + Sync + 'static {
         async {}
     }
 
+    /// Output ports whose records the processor must know about after a restart (the packer:
+    /// which questions are already in published shards). On every assignment, before
+    /// [`Processor::restore`], the runtime reads these ports' topics from the beginning and
+    /// hands each record to [`Processor::restore_output`].
+    const RESTORES_FROM_OUTPUTS: &'static [&'static str] = &[];
+
+    /// Learns one record this processor (or an earlier run of it) already published.
+    fn restore_output(&self, _port: &str, _payload: &[u8]) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Called every `tick_interval_ms`: outputs that the passing of time produces (expired
     /// joins). They are produced like any output; a replay of a tick yields the same ids.
     fn on_tick(&self) -> impl Future<Output = Vec<Emit>> + Send {

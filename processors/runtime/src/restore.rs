@@ -1,11 +1,14 @@
-//! Rebuilding a processor's state from its own input: for processors with
+//! Rebuilding a processor's state after a restart or a rebalance: for processors with
 //! `RESTORES_FROM_INPUT`, every record of a newly assigned partition below the group's
 //! committed offset is read again (from the partition's start) and handed to
-//! `Processor::restore` before new records are processed.
+//! `Processor::restore` before new records are processed; `RESTORES_FROM_OUTPUTS` names output
+//! ports whose whole topics are read first and handed to `Processor::restore_output`.
 
 use crate::kafka::Connection;
 use crate::offsets::PartitionId;
 use crate::processor::{Processor, RecordContext};
+use crate::reader::read_to_end;
+use crate::runner::ProcessorRun;
 use distillery_schemas::decode;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -47,6 +50,24 @@ pub async fn restore_partitions<P: Processor>(
         restored += 1;
     }
     reading.await??;
+    Ok(restored)
+}
+
+/// Hands every record already on the processor's restored output ports to
+/// `Processor::restore_output`; returns how many.
+pub async fn restore_outputs<P: Processor>(processor: &P, run: &ProcessorRun) -> anyhow::Result<u64> {
+    let instance = run.topology.processor(&run.name).map_err(anyhow::Error::msg)?;
+    let mut restored = 0;
+    for port in P::RESTORES_FROM_OUTPUTS {
+        let short = instance.outputs.get(*port).ok_or_else(|| anyhow::anyhow!("output port '{port}' is not mapped"))?;
+        let (connection, topic) = (run.connection.clone(), run.topology.topic_name(short));
+        let records =
+            tokio::task::spawn_blocking(move || read_to_end(&connection, &topic, Duration::from_secs(600))).await??;
+        for record in records {
+            processor.restore_output(port, &record.payload).await;
+            restored += 1;
+        }
+    }
     Ok(restored)
 }
 

@@ -25,7 +25,7 @@ use crate::kafka::Connection;
 use crate::offsets::{InFlight, OffsetTracker, PartitionId};
 use crate::processor::{ProcessError, Processor, RecordContext};
 use crate::publisher::{FailedInput, PublishError, Publisher};
-use crate::restore::restore_partitions;
+use crate::restore::{restore_outputs, restore_partitions};
 use crate::settings::{Delivery, RuntimeSettings};
 use crate::telemetry;
 use crate::topology::{Topology, DEAD_LETTERS};
@@ -415,6 +415,10 @@ async fn on_rebalance<P: Processor>(processor: &P, run: &ProcessorRun, event: Re
         RebalanceEvent::Assigned(partitions) => {
             tracing::info!(processor = %name, "partitions assigned: {}", describe(&partitions));
             processor.on_assigned(&partitions).await;
+            if !P::RESTORES_FROM_OUTPUTS.is_empty() && !partitions.is_empty() {
+                let restored = restore_outputs(processor, run).await?;
+                tracing::info!(processor = %name, "learned {restored} record(s) already published");
+            }
             if P::RESTORES_FROM_INPUT && !partitions.is_empty() {
                 let group = run.topology.group_id(name);
                 let restored = restore_partitions(processor, name, &run.connection, &group, &partitions).await?;
