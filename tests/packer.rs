@@ -8,7 +8,7 @@ use distillery_packer::shard::{read_shard, ShardFileManifest};
 use distillery_packer::tokenize::byte_level_tokenizer;
 use distillery_runtime::bench::produce_keyed;
 use distillery_schemas::{decode, encode, stable_id, AgreedSample, ShardManifest, TeacherTrace};
-use distillery_tests::{repo_root, wait_until, Cluster};
+use distillery_tests::{repo_root, venv_python, wait_until, Cluster};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -119,10 +119,33 @@ async fn every_question_lands_in_exactly_one_complete_shard_despite_a_kill() {
         assert_eq!(shard.loss_mask.iter().filter(|&&b| b == 1).count() as i64, m.completion_tokens);
         assert_eq!(shard.cu_seqlens.len() - 1, m.sequences as usize);
         assert_eq!(shard.row_offsets.len() - 1, m.rows as usize);
-        assert!(shard.row_offsets.windows(2).all(|w| (w[1] - w[0]) as i32 <= m.row_capacity), "no row overflows");
+        assert!(shard.row_offsets.windows(2).all(|w| (w[1] - w[0]) <= m.row_capacity), "no row overflows");
         let side: ShardFileManifest = serde_json::from_slice(&std::fs::read(&m.manifest_uri).unwrap()).unwrap();
         assert_eq!(side.sha256, m.sha256);
         assert!(m.fill_ratio > 0.0 && m.fill_ratio <= 1.0);
+    }
+    // Python reads a shard without this project (safetensors + numpy) and checks the masks:
+    // positions restart at every sequence, and each sequence's loss mask is one suffix.
+    let check = r#"
+import sys
+from safetensors.numpy import load_file
+t = load_file(sys.argv[1])
+ids, mask, pos, cu, rows = t["input_ids"], t["loss_mask"], t["position_ids"], t["cu_seqlens"], t["row_offsets"]
+assert ids.shape == mask.shape == pos.shape and cu[0] == 0 and cu[-1] == len(ids) == rows[-1]
+for s, e in zip(cu[:-1], cu[1:]):
+    assert (pos[s:e] == range(e - s)).all()
+    m = mask[s:e]
+    first = int(m.argmax())
+    assert m[first:].all() and not m[:first].any() and m.any()
+print("ok", len(cu) - 1)
+"#;
+    for m in manifests.values().take(3) {
+        let out = std::process::Command::new(venv_python())
+            .args(["-c", check, &m.uri])
+            .output()
+            .expect("run python (.ci/install-tools)");
+        assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok {}", m.sequences));
     }
     assert_eq!(packed.len(), SAMPLES, "every question packed");
     assert!(

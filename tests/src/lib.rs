@@ -313,3 +313,11 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// The Python of the project's virtualenv (made by `.ci/install-tools`).
+pub fn venv_python() -> PathBuf {
+    std::env::var("DISTILLERY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/distillery-venv"))
+        .join("bin/python")
+}
