@@ -44,3 +44,21 @@ async fn the_feeder_reads_jsonl_and_parquet_from_s3() {
     assert!(!proc.child.wait().unwrap().success());
     assert!(proc.log().contains("nope.jsonl"), "{}", proc.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_conditional_puts_never_overwrite_and_large_objects_upload_in_parts() {
+    use distillery_runtime::objects::{get_bytes, put_multipart, put_new, PutNew};
+    let s3 = S3Server::start("shards");
+    for (key, value) in s3.env() {
+        std::env::set_var(key, value);
+    }
+    let key = "s3://shards/style/shard-000000.safetensors";
+    assert_eq!(put_new(key, b"first".to_vec()).await.unwrap(), PutNew::Created);
+    assert_eq!(put_new(key, b"second".to_vec()).await.unwrap(), PutNew::AlreadyExisted);
+    assert_eq!(get_bytes(key).await.unwrap(), b"first", "the existing object was not overwritten");
+
+    // 12 MiB in 5 MiB parts.
+    let big: Vec<u8> = (0..12 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    put_multipart("s3://shards/big.bin", big.clone(), 5 * 1024 * 1024).await.unwrap();
+    assert_eq!(get_bytes("s3://shards/big.bin").await.unwrap(), big);
+}

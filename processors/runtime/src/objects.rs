@@ -94,3 +94,18 @@ pub async fn put_new(location: &str, bytes: Vec<u8>) -> anyhow::Result<PutNew> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// Uploads a large object in parts of `part_bytes` (S3 multipart upload; parts of at least
+/// 5 MiB except the last). The object appears only when every part is in.
+pub async fn put_multipart(location: &str, bytes: Vec<u8>, part_bytes: usize) -> anyhow::Result<()> {
+    let ObjectLocation { store, path } = locate(location)?;
+    let mut upload = store.put_multipart(&path).await?;
+    for part in bytes.chunks(part_bytes.max(1)) {
+        if let Err(e) = upload.put_part(part.to_vec().into()).await {
+            let _ = upload.abort().await;
+            return Err(e.into());
+        }
+    }
+    upload.complete().await?;
+    Ok(())
+}
