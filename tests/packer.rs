@@ -147,6 +147,30 @@ print("ok", len(cu) - 1)
         assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok {}", m.sequences));
     }
+    // NeMo's packed layout: np.load gives one dict per row.
+    let npy = cluster.path("packed.npy");
+    let export = std::process::Command::new(distillery_tests::distillery_bin())
+        .args(["export", "nemo", "--shards"])
+        .arg(cluster.path("shards"))
+        .arg("--out")
+        .arg(&npy)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let rows: i32 = manifests.values().map(|m| m.rows).sum();
+    let check = r#"
+import json, sys
+import numpy as np
+packs = np.load(sys.argv[1], allow_pickle=True)
+assert all(p["seq_start_id"][0] == 0 for p in packs)
+assert all(len(p["input_ids"]) == len(p["loss_mask"]) for p in packs)
+meta = json.load(open(sys.argv[1][:-4] + ".metadata.json"))
+print(len(packs), sum(len(p["seq_start_id"]) for p in packs), meta[0]["pack_size"])
+"#;
+    let out = std::process::Command::new(venv_python()).args(["-c", check]).arg(&npy).output().unwrap();
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    let total_sequences: i32 = manifests.values().map(|m| m.sequences).sum();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{rows} {total_sequences} 4096"));
     assert_eq!(packed.len(), SAMPLES, "every question packed");
     assert!(
         packed.values().all(|&n| n == 1),

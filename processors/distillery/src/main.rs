@@ -77,9 +77,28 @@ enum Command {
         #[command(subcommand)]
         which: bench::Bench,
     },
+    /// Convert packed shards for other training engines.
+    Export {
+        #[command(subcommand)]
+        target: ExportTarget,
+    },
     /// Run the whole embedded pipeline in one process: start the local broker, apply
     /// topology/quickstart.toml, run every processor, print what each stage did.
     Quickstart(quickstart::QuickstartArgs),
+}
+
+#[derive(Subcommand)]
+enum ExportTarget {
+    /// NeMo's packed-sequence `.npy` (`input_ids`, `loss_mask`, `seq_start_id` per pack) and
+    /// its packing metadata JSON, from every shard in a folder (checked against its manifest).
+    Nemo {
+        /// Folder holding `shard-*.safetensors` and their `.json` manifests.
+        #[arg(long)]
+        shards: PathBuf,
+        /// Output `.npy`; the metadata goes beside it as `<name>.metadata.json`.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,6 +207,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench { which } => bench::run(which).await?,
         Command::Quickstart(args) => quickstart::run(args).await?,
+        Command::Export { target: ExportTarget::Nemo { shards, out } } => {
+            let summary = distillery_packer::nemo::export_folder(&shards, &out)?;
+            println!("{summary}");
+        }
     }
     Ok(())
 }

@@ -14,11 +14,14 @@
 //!   the questions in published shards are learned from the manifests, the rest rebuilt from
 //!   the input.
 //!
-//! Still to come (issue 4): loading the real tokenizers shipped by packages (Tekken, SmolLM2,
-//! GPT-2; see ASSETS.md), `distillery export nemo`, and the S3 and Python checks.
+//! - `nemo`: `distillery export nemo`, shards to NeMo's packed-sequence `.npy`.
+//!
+//! Still to come (issue 4): loading the Tekken and SmolLM2 tokenizers that packages ship (see
+//! ASSETS.md; GPT-2's is loaded), and `distillery bench packer`.
 
 pub mod config;
 pub mod ffd;
+pub mod nemo;
 mod processor;
 pub mod shard;
 pub mod template;
