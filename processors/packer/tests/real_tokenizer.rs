@@ -53,3 +53,25 @@ fn masked_tokens_decode_to_exactly_the_assistant_turn_with_the_real_template() {
         "the end of turn is one special token"
     );
 }
+
+#[test]
+fn tekken_from_mistral_common_encodes_known_strings_to_known_ids() {
+    let assets = std::env::var("DISTILLERY_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/distillery-assets"));
+    let json =
+        std::fs::read(assets.join("tekken/tekken_240718.json")).expect("tekken_240718.json (run .ci/install-tools)");
+    let tokenizer = distillery_packer::tekken::tekken_to_tokenizer(&json).unwrap();
+    // mistral-common: encode("Hello world", bos, eos) == [1, 22177, 4304, 2].
+    assert_eq!(tokenizer.encode("Hello world", false).unwrap().get_ids(), [22177, 4304]);
+    assert_eq!(tokenizer.token_to_id("<s>"), Some(1));
+    assert_eq!(tokenizer.token_to_id("<pad>"), Some(11));
+    assert_eq!(tokenizer.token_to_id("<SPECIAL_20>"), Some(20), "fillers from id 20 on");
+    let text = "Résumé: 12 345 × π ≈ 38 781.6 — done.\n\n  Indented";
+    let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+    assert_eq!(tokenizer.decode(&ids, false).unwrap(), text, "decoding gives the exact text back");
+    assert!(ids.iter().all(|&id| id >= 1000 && id < 131_072));
+    // The packer's loader recognises the Tekken file by itself.
+    let student = StudentTokenizer::from_bytes(&json).unwrap();
+    assert_eq!(student.token_to_id("</s>"), Some(2));
+}
