@@ -70,7 +70,7 @@ fn tekken_from_mistral_common_encodes_known_strings_to_known_ids() {
     let text = "Résumé: 12 345 × π ≈ 38 781.6 — done.\n\n  Indented";
     let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
     assert_eq!(tokenizer.decode(&ids, false).unwrap(), text, "decoding gives the exact text back");
-    assert!(ids.iter().all(|&id| id >= 1000 && id < 131_072));
+    assert!(ids.iter().all(|id| (1000..131_072).contains(id)));
     // The packer's loader recognises the Tekken file by itself.
     let student = StudentTokenizer::from_bytes(&json).unwrap();
     assert_eq!(student.token_to_id("</s>"), Some(2));
