@@ -2,6 +2,7 @@
 //! ratios.
 
 mod judge;
+mod packer;
 mod runtime;
 mod sampler;
 
@@ -38,6 +39,18 @@ pub enum Bench {
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
+    /// Tokens/s of template + tokenize + mask + online FFD on synthetic traces (lengths like
+    /// the paper's), beside HF tokenizers + jinja2 + TRL's pack_dataset(bfd) in Python on the
+    /// same traces, and the fill ratio beside offline FFD's.
+    Packer {
+        #[arg(long, default_value_t = 20_000)]
+        traces: usize,
+        #[arg(long, default_value_t = 60_000)]
+        row_tokens: usize,
+        /// Mistral's tekken_240718.json (installed by .ci/install-tools by default).
+        #[arg(long)]
+        tekken: Option<PathBuf>,
+    },
     /// The judge's rule verifier on MATH-500 answer pairs (equivalent rewrites and wrong
     /// values): answers/s and agreement with the labels, beside Hugging Face's math-verify on
     /// the same pairs; and the share it decides without the LLM judge.
@@ -57,6 +70,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
             sampler::run(requests, python_requests, concurrency).await
         }
         Bench::Judge { math500 } => judge::run(&math500),
+        Bench::Packer { traces, row_tokens, tekken } => packer::run(traces, row_tokens, tekken),
     }
 }
 
