@@ -67,6 +67,16 @@ fn agreed(i: usize, rng: &mut impl Rng) -> (String, Vec<u8>) {
     (question_id, encode(&record).unwrap())
 }
 
+/// The published manifests, de-duplicated by id.
+fn manifests(cluster: &Cluster) -> BTreeMap<String, ShardManifest> {
+    cluster
+        .read("shards.a")
+        .iter()
+        .map(|r| decode::<ShardManifest>(&r.payload).unwrap())
+        .map(|m| (m.id.clone(), m))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_question_lands_in_exactly_one_complete_shard_despite_a_kill() {
     let cluster = Cluster::start(TOPOLOGY).await;
@@ -86,27 +96,14 @@ async fn every_question_lands_in_exactly_one_complete_shard_despite_a_kill() {
     packer.kill9();
     packer = cluster.spawn("packer-a", "0");
     produce_keyed(&cluster.connection(), &topic, &records[SAMPLES / 2..]).await.unwrap();
-    let covered = |cluster: &Cluster| {
-        let manifests: BTreeMap<String, ShardManifest> = cluster
-            .read("shards.a")
-            .iter()
-            .map(|r| decode::<ShardManifest>(&r.payload).unwrap())
-            .map(|m| (m.id.clone(), m))
-            .collect();
-        manifests.values().map(|m| m.question_ids.len()).sum::<usize>()
-    };
+    let covered = |cluster: &Cluster| manifests(cluster).values().map(|m| m.question_ids.len()).sum::<usize>();
     wait_until("every question packed (the last shard after the idle flush)", Duration::from_secs(90), || {
         covered(&cluster) >= SAMPLES
     });
     assert!(packer.terminate().success());
     assert!(packer.log().contains("learned"), "the restarted packer read the published manifests: {}", packer.log());
 
-    let manifests: BTreeMap<String, ShardManifest> = cluster
-        .read("shards.a")
-        .iter()
-        .map(|r| decode::<ShardManifest>(&r.payload).unwrap())
-        .map(|m| (m.id.clone(), m))
-        .collect();
+    let manifests = manifests(&cluster);
     let mut packed = BTreeMap::<String, usize>::new();
     for m in manifests.values() {
         for q in &m.question_ids {

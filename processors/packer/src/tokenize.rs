@@ -43,16 +43,10 @@ impl StudentTokenizer {
         special_tokens: &[&str],
     ) -> anyhow::Result<StudentTokenizer> {
         use tokenizers::models::bpe::BPE;
-        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
         let (encoder, merges) = (encoder_json.display().to_string(), vocab_bpe.display().to_string());
         let bpe =
             BPE::from_file(&encoder, &merges).build().map_err(|e| anyhow::anyhow!("cannot load GPT-2 BPE: {e}"))?;
-        let mut tokenizer = Tokenizer::new(bpe);
-        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        tokenizer.with_decoder(Some(ByteLevel::default()));
-        let specials: Vec<tokenizers::AddedToken> =
-            special_tokens.iter().map(|t| tokenizers::AddedToken::from(t.to_string(), true)).collect();
-        tokenizer.add_special_tokens(&specials);
+        let tokenizer = byte_level_with_specials(Tokenizer::new(bpe), special_tokens);
         let mut hasher = Sha256::new();
         hasher.update(std::fs::read(encoder_json)?);
         hasher.update(std::fs::read(vocab_bpe)?);
@@ -112,7 +106,12 @@ pub fn byte_level_tokenizer(special_tokens: &[&str]) -> Tokenizer {
     alphabet.sort_unstable();
     let vocab: Vocab = alphabet.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
     let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().expect("a byte vocabulary is a valid BPE");
-    let mut tokenizer = Tokenizer::new(bpe);
+    byte_level_with_specials(Tokenizer::new(bpe), special_tokens)
+}
+
+/// GPT-2's byte-level pre-tokenizer and decoder, and the chat template's special tokens.
+fn byte_level_with_specials(mut tokenizer: Tokenizer, special_tokens: &[&str]) -> Tokenizer {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tokenizer.with_decoder(Some(ByteLevel::default()));
     let specials: Vec<tokenizers::AddedToken> =

@@ -95,3 +95,71 @@ fn run_python(script: &str, args: &[String]) -> anyhow::Result<serde_json::Value
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).map_err(|e| anyhow::anyhow!("baseline printed {line:?}: {e}"))
 }
+
+/// Deterministic words of math reasoning (a small vocabulary drawn by a linear congruential
+/// generator): text that tokenizes and compresses roughly like real traces.
+pub(crate) struct ReasoningWords {
+    state: u64,
+}
+
+impl ReasoningWords {
+    const WORDS: &'static [&'static str] = &[
+        "so",
+        "the",
+        "answer",
+        "is",
+        "let",
+        "me",
+        "check",
+        "x",
+        "=",
+        "+",
+        "2",
+        "squared",
+        "wait",
+        "then",
+        "we",
+        "get",
+        "\\frac{1}{2}",
+        "because",
+        "sum",
+        "of",
+        "terms",
+        "therefore",
+        "compute",
+        "factor",
+        "(",
+        ")",
+        "equation",
+        "7",
+        "13",
+        "Hmm,",
+        "maybe",
+        "triangle",
+        "angle",
+        "prime",
+        "divisible",
+        "remainder",
+        "modulo",
+        "integer",
+    ];
+
+    pub(crate) fn new(seed: u64) -> ReasoningWords {
+        ReasoningWords { state: seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) }
+    }
+
+    /// A number in 0..n.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.state >> 33) % n
+    }
+
+    pub(crate) fn word(&mut self) -> &'static str {
+        Self::WORDS[self.below(Self::WORDS.len() as u64) as usize]
+    }
+
+    /// `count` words separated by spaces.
+    pub(crate) fn words(&mut self, count: usize) -> String {
+        (0..count).map(|_| self.word()).collect::<Vec<_>>().join(" ")
+    }
+}

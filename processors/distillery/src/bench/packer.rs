@@ -12,66 +12,19 @@ use std::time::Instant;
 
 const TEMPLATE: &str = include_str!("../../../packer/templates/nvidia-nemotron-nano-v2.jinja");
 
-/// Words of math reasoning; lengths are drawn so that half the traces average about 3.5k
-/// tokens (gpt-oss style) and half about 15.5k (DeepSeek-R1 style), as in the paper.
+/// Traces whose lengths are drawn so that half average about 3.5k tokens (gpt-oss style) and
+/// half about 15.5k (DeepSeek-R1 style), as in the paper.
 fn traces(n: usize, row_tokens: usize) -> Vec<(String, String)> {
-    const WORDS: &[&str] = &[
-        "so",
-        "the",
-        "answer",
-        "is",
-        "let",
-        "me",
-        "check",
-        "x",
-        "=",
-        "+",
-        "2",
-        "squared",
-        "wait",
-        "then",
-        "we",
-        "get",
-        "\\frac{1}{2}",
-        "because",
-        "sum",
-        "of",
-        "terms",
-        "therefore",
-        "compute",
-        "factor",
-        "(",
-        ")",
-        "equation",
-        "7",
-        "13",
-        "Hmm,",
-        "maybe",
-        "triangle",
-        "angle",
-        "prime",
-        "divisible",
-        "remainder",
-        "modulo",
-        "integer",
-    ];
-    let mut state = 0x2545F4914F6CDD1Du64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut words = super::ReasoningWords::new(7);
     (0..n)
         .map(|i| {
             let mean = if i % 2 == 0 { 3_500.0 } else { 15_500.0 };
-            let z: f64 = (0..6).map(|_| (next() % 10_000) as f64 / 10_000.0).sum::<f64>() - 3.0;
+            let z: f64 = (0..6).map(|_| words.below(10_000) as f64 / 10_000.0).sum::<f64>() - 3.0;
             let target = ((mean * (0.7 * z).exp()) as usize).clamp(100, row_tokens * 9 / 10);
             // About 1.25 Tekken tokens per word of this vocabulary.
-            let words = (target as f64 / 1.25) as usize;
-            let reasoning: Vec<&str> = (0..words).map(|_| WORDS[(next() % WORDS.len() as u64) as usize]).collect();
+            let reasoning = words.words((target as f64 / 1.25) as usize);
             let user = format!("Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{{}}.\n\nProblem {i}: find x.");
-            (user, assistant_turn(Some(&reasoning.join(" ")), Some(&format!("The answer is \\boxed{{{i}}}."))))
+            (user, assistant_turn(Some(&reasoning), Some(&format!("The answer is \\boxed{{{i}}}."))))
         })
         .collect()
 }

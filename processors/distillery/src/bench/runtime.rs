@@ -10,45 +10,12 @@ use distillery_schemas::{encode, Question};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Text that compresses about like real reasoning traces (words drawn from a small
-/// vocabulary, deterministic).
+/// About `bytes` bytes of reasoning-like text.
 fn trace_like_text(bytes: usize, seed: u64) -> String {
-    const WORDS: &[&str] = &[
-        "so",
-        "the",
-        "answer",
-        "is",
-        "let",
-        "me",
-        "check",
-        "x",
-        "=",
-        "+",
-        "2",
-        "squared",
-        "wait",
-        "then",
-        "we",
-        "get",
-        "\\frac{1}{2}",
-        "because",
-        "sum",
-        "of",
-        "terms",
-        "therefore",
-        "compute",
-        "factor",
-        "(",
-        ")",
-        "equation",
-        "7",
-        "13",
-    ];
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut words = super::ReasoningWords::new(seed);
     let mut out = String::with_capacity(bytes + 16);
     while out.len() < bytes {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        out.push_str(WORDS[(state >> 33) as usize % WORDS.len()]);
+        out.push_str(words.word());
         out.push(' ');
     }
     out.truncate(bytes);
