@@ -82,4 +82,8 @@ fn the_quickstart_topology_checks_and_ships_its_data() {
         let path = repo_root().join(file["uri"].as_str().unwrap());
         assert!(path.exists(), "{} is shipped", path.display());
     }
+    for key in ["tokenizer", "tokenizer_config"] {
+        let path = repo_root().join(setting(&t, "packer-reference", key).as_str().unwrap());
+        assert!(path.exists(), "{} is shipped", path.display());
+    }
 }

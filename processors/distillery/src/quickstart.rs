@@ -8,7 +8,7 @@ use crate::registry;
 use distillery_runtime::broker::{BrokerStore, LocalBroker};
 use distillery_runtime::reader::{group_lag, read_to_end};
 use distillery_runtime::{admin, ProcessorRun, Topology};
-use distillery_schemas::{decode, DeadLetter, RecordKind};
+use distillery_schemas::{decode, AgreedSample, DeadLetter, RecordKind, ShardManifest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,6 +83,44 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         }
         anyhow::ensure!(Instant::now() < deadline, "processors still have {lag} records to process after 30 minutes");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Packers send what they hold as a last shard once their input is idle: wait for every
+    // agreed question to be in a published shard.
+    for (name, instance) in &topology.processors {
+        if instance.kind != "packer" {
+            continue;
+        }
+        let (connection, agreed, shards) = (
+            connection.clone(),
+            topology.topic_name(&instance.inputs[0]),
+            topology.topic_name(instance.outputs.values().next().map(String::as_str).unwrap_or_default()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (connection, agreed, shards) = (connection.clone(), agreed.clone(), shards.clone());
+            let (want, have) = tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
+                let accepted: std::collections::BTreeSet<String> =
+                    read_to_end(&connection, &agreed, Duration::from_secs(60))?
+                        .iter()
+                        .filter_map(|r| decode::<AgreedSample>(&r.payload).ok())
+                        .filter(|a| a.accepted)
+                        .map(|a| a.question_id)
+                        .collect();
+                let packed: std::collections::BTreeSet<String> =
+                    read_to_end(&connection, &shards, Duration::from_secs(60))?
+                        .iter()
+                        .filter_map(|r| decode::<ShardManifest>(&r.payload).ok())
+                        .flat_map(|m| m.question_ids)
+                        .collect();
+                Ok((accepted.len(), packed.len()))
+            })
+            .await??;
+            if have >= want {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "packer {name} shipped {have} of {want} agreed questions");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
     let _ = stop_tx.send(true);
     for (name, task) in consumers {

@@ -53,6 +53,11 @@ impl StudentTokenizer {
         Ok(StudentTokenizer { tokenizer, sha256: hex::encode(hasher.finalize()) })
     }
 
+    /// The tokenizer in Hugging Face's `tokenizer.json` format.
+    pub fn to_json(&self) -> anyhow::Result<String> {
+        self.tokenizer.to_string(false).map_err(|e| anyhow::anyhow!("cannot serialise the tokenizer: {e}"))
+    }
+
     /// The id of a token, if the vocabulary has it.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.tokenizer.token_to_id(token)

@@ -75,3 +75,19 @@ fn tekken_from_mistral_common_encodes_known_strings_to_known_ids() {
     let student = StudentTokenizer::from_bytes(&json).unwrap();
     assert_eq!(student.token_to_id("</s>"), Some(2));
 }
+
+/// Regenerates the quickstart's student tokenizer (GPT-2's BPE in Hugging Face's format) when
+/// DISTILLERY_WRITE_QUICKSTART_TOKENIZER names the output file; checks the shipped one else.
+#[test]
+fn the_quickstart_tokenizer_is_gpt2_in_hugging_face_format() {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topology/data/student/tokenizer.json");
+    let t = gpt2();
+    if let Ok(out) = std::env::var("DISTILLERY_WRITE_QUICKSTART_TOKENIZER") {
+        std::fs::write(out, t.to_json().unwrap()).unwrap();
+        return;
+    }
+    let loaded = StudentTokenizer::from_bytes(&std::fs::read(shipped).unwrap()).unwrap();
+    let rendered =
+        distillery_packer::template::RenderedSample { text: "Hello world<SPECIAL_12>".into(), completion_start: 0 };
+    assert_eq!(loaded.tokenize("q", &rendered).unwrap().input_ids, t.tokenize("q", &rendered).unwrap().input_ids);
+}
