@@ -5,8 +5,8 @@
 
 use distillery_runtime::bench::produce_all;
 use distillery_runtime::publisher::{HEADER_ERROR, HEADER_ERROR_CLASS, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC};
-use distillery_schemas::{decode, encode, DeadLetter, ErrorClass, Question};
-use distillery_tests::{feeder_and_copy, free_port, http_get, wait_until, Cluster};
+use distillery_schemas::{decode, encode, DeadLetter, ErrorClass};
+use distillery_tests::{feeder_and_copy, free_port, http_get, question, wait_until, Cluster};
 use std::time::Duration;
 
 fn topology() -> String {
@@ -16,18 +16,6 @@ fn topology() -> String {
         r#"[{ uri = "{dir}/rows.jsonl", format = "aime", dataset = "dlq" }]"#,
         r#"settings = { reject_problems_containing = "REJECT-ME" }"#,
     )
-}
-
-fn question(id: &str, problem: &str) -> Question {
-    Question {
-        id: id.into(),
-        dataset: "dlq".into(),
-        source_uri: "test".into(),
-        source_row: 0,
-        problem: problem.into(),
-        expected_answer: "1".into(),
-        metadata: Default::default(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

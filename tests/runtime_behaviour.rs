@@ -6,8 +6,8 @@ use distillery_runtime::bench::produce_all;
 use distillery_runtime::{
     run_processor, Emit, PartitionId, PortSpec, ProcessError, Processor, ProcessorRun, RecordContext,
 };
-use distillery_schemas::{decode, encode, DeadLetter, ErrorClass, Question, RecordKind};
-use distillery_tests::{feeder_and_copy, wait_until, Cluster};
+use distillery_schemas::{decode, DeadLetter, ErrorClass, Question, RecordKind};
+use distillery_tests::{encoded_question, feeder_and_copy, wait_until, Cluster};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,19 +58,6 @@ impl Processor for Scripted {
     }
 }
 
-fn question(id: &str, problem: &str) -> Vec<u8> {
-    encode(&Question {
-        id: id.into(),
-        dataset: "t".into(),
-        source_uri: "t".into(),
-        source_row: 0,
-        problem: problem.into(),
-        expected_answer: "1".into(),
-        metadata: Default::default(),
-    })
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_dead_letters_hooks_and_shutdown() {
     let text = feeder_and_copy(
@@ -81,11 +68,11 @@ async fn retries_dead_letters_hooks_and_shutdown() {
     );
     let cluster = Cluster::start(&text).await;
     let inputs = [
-        question("ok", "fine"),
-        question("flaky", "flaky"),
-        question("down", "down"),
-        question("panic", "panic"),
-        question("ok", "fine"),
+        encoded_question("ok", "fine"),
+        encoded_question("flaky", "flaky"),
+        encoded_question("down", "down"),
+        encoded_question("panic", "panic"),
+        encoded_question("ok", "fine"),
     ];
     produce_all(&cluster.connection(), &cluster.topology.topic_name("questions"), &inputs).await.unwrap();
 

@@ -3,8 +3,8 @@
 
 use distillery_llm_test_server::{style_for, Fault, LlmServer, ReasoningStyle, ServerConfig};
 use distillery_runtime::bench::produce_all;
-use distillery_schemas::{decode, encode, DeadLetter, JudgeMethod, JudgedSample, Question, TeacherSample, Verdict};
-use distillery_tests::{ids_with_counts, repo_root, wait_until, write_questions, Cluster};
+use distillery_schemas::{decode, DeadLetter, JudgeMethod, JudgedSample, Question, TeacherSample, Verdict};
+use distillery_tests::{encoded_question, ids_with_counts, repo_root, wait_until, write_questions, Cluster};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
@@ -212,18 +212,8 @@ replay = {{ dataset = {{ uri = "{fixture}", format = "nemotron", dataset = "nm" 
     let mut sampler = cluster.spawn("sampler-r1", "0");
     cluster.run_source("feeder");
     // A question the recording does not have is a dead letter, not a silent drop.
-    let stranger = Question {
-        id: "nm:not-recorded".into(),
-        dataset: "nm".into(),
-        source_uri: "x".into(),
-        source_row: 0,
-        problem: "Unrecorded?".into(),
-        expected_answer: "1".into(),
-        metadata: Default::default(),
-    };
-    produce_all(&cluster.connection(), &cluster.topology.topic_name("questions"), &[encode(&stranger).unwrap()])
-        .await
-        .unwrap();
+    let stranger = encoded_question("nm:not-recorded", "Unrecorded?");
+    produce_all(&cluster.connection(), &cluster.topology.topic_name("questions"), &[stranger]).await.unwrap();
     wait_until("replayed", Duration::from_secs(60), || cluster.lag("sampler-r1") == 0);
     assert!(sampler.terminate().success());
 
@@ -267,18 +257,7 @@ settings = {{ files = [{{ uri = "unused.jsonl", format = "aime" }}] }}
         live_sampler("sampler-a", "teacher-a", &server.base_url())
     );
     let cluster = Cluster::start(&topology).await;
-    let question = |id: &str, problem: &str| {
-        encode(&Question {
-            id: id.into(),
-            dataset: "d".into(),
-            source_uri: "x".into(),
-            source_row: 0,
-            problem: problem.into(),
-            expected_answer: "1".into(),
-            metadata: Default::default(),
-        })
-        .unwrap()
-    };
+    let question = encoded_question;
     let inputs = [
         b"{\"not\": \"avro\"}".to_vec(),
         question("empty", "  "),

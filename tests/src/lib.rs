@@ -321,3 +321,21 @@ pub fn venv_python() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/distillery-venv"))
         .join("bin/python")
 }
+
+/// A question record, for tests that write straight into a topic.
+pub fn question(id: &str, problem: &str) -> distillery_schemas::Question {
+    distillery_schemas::Question {
+        id: id.into(),
+        dataset: "test".into(),
+        source_uri: "test".into(),
+        source_row: 0,
+        problem: problem.into(),
+        expected_answer: "1".into(),
+        metadata: Default::default(),
+    }
+}
+
+/// [`question`], encoded as it travels on a topic.
+pub fn encoded_question(id: &str, problem: &str) -> Vec<u8> {
+    distillery_schemas::encode(&question(id, problem)).expect("a question encodes")
+}
