@@ -4,8 +4,12 @@
 //! # Layout
 //! - `registry`: the one list of processor types (ports, settings check, constructor).
 //! - `quickstart`: the whole embedded pipeline in one process.
+//! - `replay`: a new experiment from a retained topic of an earlier one.
+//! - `report`: the paper's report from an experiment's eval-results and train-metrics.
 //! - `bench`: `distillery bench ...`, each against a baseline measured in the same run.
 
 pub mod bench;
 pub mod quickstart;
 pub mod registry;
+pub mod replay;
+pub mod report;

@@ -2,7 +2,7 @@
 //! topologies, start the local broker, read topics, benchmark, and run the quickstart.
 //! Parses flags and calls the libraries; nothing else lives here.
 
-use distillery::{bench, quickstart, registry};
+use distillery::{bench, quickstart, registry, replay, report};
 
 use clap::{Parser, Subcommand};
 use distillery_runtime::broker::{BrokerStore, LocalBroker};
@@ -85,6 +85,16 @@ enum Command {
     /// Run the whole embedded pipeline in one process: start the local broker, apply
     /// topology/quickstart.toml, run every processor, print what each stage did.
     Quickstart(quickstart::QuickstartArgs),
+    /// A new experiment from a retained topic of an earlier one: run the processors
+    /// downstream of --stage under the experiment --to, reading the stage topic of --from
+    /// from the beginning (new consumer groups; the source is never written). Stops when the
+    /// replayed work is done (or, with --follow, on SIGINT/SIGTERM).
+    Replay(replay::ReplayArgs),
+    /// Write the paper's report (Table 1: pass@8 and average tokens per student and teacher
+    /// style on AIME25, GSM8K, MATH-500; the token ratio between styles; Figure 1: loss vs
+    /// step) from an experiment's eval-results and train-metrics topics. Works on a partial
+    /// run and says what is missing.
+    Report(report::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -207,6 +217,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench { which } => bench::run(which).await?,
         Command::Quickstart(args) => quickstart::run(args).await?,
+        Command::Replay(args) => replay::run(args).await?,
+        Command::Report(args) => report::run(args).await?,
         Command::Export { target: ExportTarget::Nemo { shards, out } } => {
             let summary = distillery_packer::nemo::export_folder(&shards, &out)?;
             println!("{summary}");

@@ -2,6 +2,7 @@
 //! and constructor (for `distillery run`). A new stage is one entry here.
 
 use distillery_agreement::{Agreement, AgreementSettings};
+use distillery_evaluator::{Evaluator, EvaluatorSettings};
 use distillery_feeder::FeederSettings;
 use distillery_judge::{Judge, JudgeSettings};
 use distillery_packer::{Packer, PackerSettings};
@@ -36,6 +37,10 @@ fn check_packer(table: &toml::Table) -> Result<(), String> {
     PackerSettings::from_table(table).map(|_| ())
 }
 
+fn check_evaluator(table: &toml::Table) -> Result<(), String> {
+    EvaluatorSettings::from_table(table).map(|_| ())
+}
+
 /// Types whose contract (input and output records) is fixed by DESIGN.md but which this
 /// build cannot run yet: their topologies can be checked, not run. Their settings are
 /// checked by their own crates once they exist.
@@ -51,7 +56,6 @@ const fn port(name: &'static str, kind: RecordKind) -> PortSpec {
 pub fn processor_types() -> Vec<ProcessorTypeSpec> {
     use RecordKind::*;
     const TRAINER: &[PortSpec] = &[port("checkpoints", CheckpointEvent), port("metrics", TrainMetrics)];
-    const EVALUATOR: &[PortSpec] = &[port("results", EvalResult)];
     vec![
         ProcessorTypeSpec {
             name: "feeder",
@@ -98,14 +102,14 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
         ProcessorTypeSpec {
             name: "evaluator",
             input: Some(CheckpointEvent),
-            outputs: EVALUATOR,
-            check_settings: check_later,
+            outputs: Evaluator::OUTPUTS,
+            check_settings: check_evaluator,
         },
     ]
 }
 
 /// Types `distillery run` can start in this build.
-pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler", "judge", "agreement", "packer"];
+pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler", "judge", "agreement", "packer", "evaluator"];
 
 /// Runs one instance of the topology until it finishes (sources) or `shutdown` resolves.
 pub async fn run_instance(
@@ -144,6 +148,11 @@ pub async fn run_instance(
         "packer" => {
             let settings = PackerSettings::from_table(&instance.settings).map_err(settings_error)?;
             let summary = run_processor(Packer::new(settings).await?, run, shutdown).await?;
+            Ok(format!("{summary:?}"))
+        }
+        "evaluator" => {
+            let settings = EvaluatorSettings::from_table(&instance.settings).map_err(settings_error)?;
+            let summary = run_processor(Evaluator::new(&run.name, settings).await?, run, shutdown).await?;
             Ok(format!("{summary:?}"))
         }
         other => anyhow::bail!(

@@ -13,10 +13,13 @@ pub const DEFAULT_PROMPT_TEMPLATE: &str =
 pub struct PackerSettings {
     /// The teacher whose traces this packer renders (its name in the agreed records).
     pub style: String,
-    /// The student's `tokenizer.json` (path or object-store URL).
+    /// The student's `tokenizer.json`, Tekken file or GGUF model file (path or object-store
+    /// URL).
     pub tokenizer: String,
-    /// The student's `tokenizer_config.json`, whose `chat_template` renders the samples.
-    pub tokenizer_config: String,
+    /// The student's `tokenizer_config.json`, whose `chat_template` renders the samples. May be
+    /// left out when `tokenizer` is a `.gguf` file: its own `tokenizer.chat_template` is used.
+    #[serde(default)]
+    pub tokenizer_config: Option<String>,
     /// Where shards go: a folder path, `file://` or `s3://bucket/prefix` URL.
     pub store: String,
     #[serde(default)]
@@ -84,9 +87,32 @@ impl PackerSettings {
         if s.row_tokens == 0 || s.rows_per_shard == 0 || s.window_sequences == 0 || s.max_open_rows == 0 {
             return Err("row_tokens, rows_per_shard, window_sequences and max_open_rows must be at least 1".into());
         }
+        if s.tokenizer_config.is_none() && !s.tokenizer.ends_with(".gguf") {
+            return Err(
+                "tokenizer_config is required unless tokenizer is a .gguf file (which carries its chat template)"
+                    .into(),
+            );
+        }
         if !s.prompt_template.contains("{problem}") {
             return Err("prompt_template must contain {problem}".into());
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &str) -> Result<PackerSettings, String> {
+        let text = format!("style = \"a\"\nstore = \"/tmp/s\"\n{extra}");
+        PackerSettings::from_table(&text.parse::<toml::Table>().unwrap())
+    }
+
+    #[test]
+    fn the_tokenizer_config_may_be_left_out_only_for_gguf_files() {
+        assert!(settings("tokenizer = \"m/SmolLM2.gguf\"").unwrap().tokenizer_config.is_none());
+        assert!(settings("tokenizer = \"t.json\"\ntokenizer_config = \"c.json\"").is_ok());
+        assert!(settings("tokenizer = \"t.json\"").unwrap_err().contains("tokenizer_config is required"));
     }
 }

@@ -16,12 +16,11 @@
 //!
 //! - `nemo`: `distillery export nemo`, shards to NeMo's packed-sequence `.npy`.
 //! - `tekken`: Mistral's Tekken tokenizer files converted to a Hugging Face BPE.
-//!
-//! Still to come (issue 4): loading the Tekken and SmolLM2 tokenizers that packages ship (see
-//! ASSETS.md; GPT-2's is loaded), and `distillery bench packer`.
+//! - `gguf`: the tokenizer and chat template in a GGUF model file's metadata (SmolLM2).
 
 pub mod config;
 pub mod ffd;
+pub mod gguf;
 pub mod nemo;
 mod processor;
 pub mod shard;

@@ -3,7 +3,7 @@
 use crate::config::PackerSettings;
 use crate::ffd::{OnlinePacker, PackingSettings, Row, Sequence};
 use crate::shard::{build_shard, ShardOrigin, TokenizedSequence};
-use crate::template::{assistant_turn, ChatTemplate};
+use crate::template::ChatTemplate;
 use crate::tokenize::StudentTokenizer;
 use backon::{ExponentialBuilder, Retryable};
 use distillery_runtime::objects::{get_bytes, put_new};
@@ -35,11 +35,24 @@ struct State {
 }
 
 impl Packer {
-    /// Loads the student's tokenizer and chat template.
+    /// Loads the student's tokenizer and chat template: the template of the configured
+    /// `tokenizer_config.json`, else the GGUF file's own.
     pub async fn new(settings: PackerSettings) -> anyhow::Result<Packer> {
-        let tokenizer = StudentTokenizer::from_bytes(&get_bytes(&settings.tokenizer).await?)?;
-        let config = String::from_utf8(get_bytes(&settings.tokenizer_config).await?)?;
-        let template = ChatTemplate::from_tokenizer_config(&config)?;
+        let bytes = get_bytes(&settings.tokenizer).await?;
+        let config = settings.tokenizer_config.as_deref();
+        let (tokenizer, template) = if crate::gguf::is_gguf(&bytes) {
+            let gguf = crate::gguf::tokenizer_from_gguf_bytes(&bytes)?;
+            let template = match config {
+                Some(url) => template_from_config(url).await?,
+                None => gguf.template()?,
+            };
+            (gguf.tokenizer, template)
+        } else {
+            let url = config.ok_or_else(|| {
+                anyhow::anyhow!("{} is not a GGUF file; configure a tokenizer_config", settings.tokenizer)
+            })?;
+            (StudentTokenizer::from_bytes(&bytes)?, template_from_config(url).await?)
+        };
         let mut packing = PackingSettings::new(settings.row_tokens);
         packing.window_sequences = settings.window_sequences;
         packing.max_open_rows = settings.max_open_rows;
@@ -65,10 +78,14 @@ impl Packer {
             ProcessError::rejected(format!("question {} has no trace from teacher {style}", agreed.question_id))
         })?;
         let user = self.settings.prompt_template.replace("{problem}", &agreed.problem);
-        let assistant = assistant_turn(trace.reasoning.as_deref(), trace.answer.as_deref());
         let rendered = self
             .template
-            .render_sample(self.settings.system_prompt.as_deref(), &user, &assistant)
+            .render_trace(
+                self.settings.system_prompt.as_deref(),
+                &user,
+                trace.reasoning.as_deref(),
+                trace.answer.as_deref(),
+            )
             .map_err(|e| ProcessError::rejected(format!("cannot render with the chat template: {e:#}")))?;
         let mut sequence = self
             .tokenizer
@@ -189,6 +206,11 @@ impl Packer {
         }
         Ok(emits)
     }
+}
+
+/// The chat template of a `tokenizer_config.json` (path or object-store URL).
+async fn template_from_config(url: &str) -> anyhow::Result<ChatTemplate> {
+    ChatTemplate::from_tokenizer_config(&String::from_utf8(get_bytes(url).await?)?)
 }
 
 impl Processor for Packer {

@@ -5,8 +5,13 @@
 //!
 //! A training sample is rendered twice: the conversation up to the generation prompt (the
 //! assistant header, and whatever the template opens there, such as `<think>`), and the whole
-//! conversation with the assistant turn `{reasoning}</think>{answer}`. The first must be a
-//! prefix of the second; everything after it is the completion, which carries the loss.
+//! conversation with the assistant turn. The first must be a prefix of the second; everything
+//! after it is the completion, which carries the loss.
+//!
+//! The assistant turn follows the template: `{reasoning}</think>{answer}` when its generation
+//! prompt opens `<think>` itself (Nemotron-Nano-v2), else the whole block
+//! `<think>\n{reasoning}\n</think>\n{answer}` (templates without reasoning, such as
+//! SmolLM2's ChatML), so the student learns to open and close its reasoning.
 
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 use serde_json::Value as Json;
@@ -91,12 +96,35 @@ impl ChatTemplate {
 
     /// Renders one training sample; the completion is the assistant turn to the end.
     pub fn render_sample(&self, system: Option<&str>, user: &str, assistant: &str) -> anyhow::Result<RenderedSample> {
-        let mut messages = Vec::new();
-        if let Some(system) = system {
-            messages.push(serde_json::json!({"role": "system", "content": system}));
-        }
-        messages.push(serde_json::json!({"role": "user", "content": user}));
+        let messages = prompt_messages(system, user);
         let prompt = self.render(&messages, true)?;
+        self.complete(messages, prompt, assistant)
+    }
+
+    /// Renders a teacher's trace as one training sample, with the assistant turn in the form
+    /// the template expects (see the module documentation).
+    pub fn render_trace(
+        &self,
+        system: Option<&str>,
+        user: &str,
+        reasoning: Option<&str>,
+        answer: Option<&str>,
+    ) -> anyhow::Result<RenderedSample> {
+        let messages = prompt_messages(system, user);
+        let prompt = self.render(&messages, true)?;
+        // What the generation prompt adds: does it write `<think>` (open, or empty as with
+        // Nemotron's `/no_think`)? The whole prompt if the template renders differently.
+        let bare = self.render(&messages, false)?;
+        let assistant = if prompt.strip_prefix(bare.as_str()).unwrap_or(&prompt).contains("<think>") {
+            assistant_turn(reasoning, answer)
+        } else {
+            assistant_turn_with_think(reasoning, answer)
+        };
+        self.complete(messages, prompt, &assistant)
+    }
+
+    /// The conversation with the assistant turn, split where the rendered prompt ends.
+    fn complete(&self, mut messages: Vec<Json>, prompt: String, assistant: &str) -> anyhow::Result<RenderedSample> {
         messages.push(serde_json::json!({"role": "assistant", "content": assistant}));
         let text = self.render(&messages, false)?;
         anyhow::ensure!(
@@ -107,9 +135,24 @@ impl ChatTemplate {
     }
 }
 
+/// The system (if any) and user messages.
+fn prompt_messages(system: Option<&str>, user: &str) -> Vec<Json> {
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(serde_json::json!({"role": "system", "content": system}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": user}));
+    messages
+}
+
 /// The assistant turn in a teacher's style: the template opens `<think>`, the turn closes it.
 pub fn assistant_turn(reasoning: Option<&str>, answer: Option<&str>) -> String {
     format!("{}</think>{}", reasoning.unwrap_or("").trim(), answer.unwrap_or("").trim_start())
+}
+
+/// The assistant turn for templates that do not open `<think>`: the turn opens and closes it.
+pub fn assistant_turn_with_think(reasoning: Option<&str>, answer: Option<&str>) -> String {
+    format!("<think>\n{}\n</think>\n{}", reasoning.unwrap_or("").trim(), answer.unwrap_or("").trim_start())
 }
 
 #[cfg(test)]
@@ -129,6 +172,28 @@ mod tests {
             "<SPECIAL_10>System\nbe brief\n<SPECIAL_11>User\n1+1?\n<SPECIAL_11>Assistant\n<think>\n"
         );
         assert_eq!(&r.text[r.completion_start..], "two</think>\\boxed{2}<SPECIAL_12>\n");
+    }
+
+    /// ChatML as SmolLM2 has it: no reasoning in the template at all.
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+    #[test]
+    fn traces_open_think_themselves_only_where_the_template_does_not() {
+        let nemotron_like = ChatTemplate::new(TEMPLATE, "", "<SPECIAL_12>").unwrap();
+        let r = nemotron_like.render_trace(None, "1+1?", Some(" two "), Some(" \\boxed{2}")).unwrap();
+        assert_eq!(
+            r,
+            nemotron_like.render_sample(None, "1+1?", &assistant_turn(Some("two"), Some("\\boxed{2}"))).unwrap()
+        );
+        let chatml = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
+        let r = chatml.render_trace(Some("be brief"), "1+1?", Some(" two "), Some(" \\boxed{2}")).unwrap();
+        assert_eq!(
+            &r.text[..r.completion_start],
+            "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(&r.text[r.completion_start..], "<think>\ntwo\n</think>\n\\boxed{2}<|im_end|>\n");
+        let r = chatml.render_trace(None, "1+1?", None, Some("2")).unwrap();
+        assert_eq!(&r.text[r.completion_start..], "<think>\n\n</think>\n2<|im_end|>\n", "no reasoning: an empty block");
     }
 
     #[test]
@@ -161,5 +226,16 @@ mod nemotron_tests {
         let (prompt, completion) = r.text.split_at(r.completion_start);
         assert_eq!(prompt, "<SPECIAL_10>System\n\n\n<SPECIAL_11>User\nWhat is 2+2?\n<SPECIAL_11>Assistant\n<think>\n");
         assert_eq!(completion, "Two plus two is four.</think>\\boxed{4}\n<SPECIAL_12>\n");
+    }
+
+    #[test]
+    fn traces_render_as_before_with_the_nemotron_template() {
+        let t = ChatTemplate::new(NEMOTRON, "", "<SPECIAL_12>").unwrap();
+        for user in ["What is 2+2?", "What is 2+2? /no_think"] {
+            let trace = t.render_trace(Some("Be brief."), user, Some("Four."), Some("\\boxed{4}")).unwrap();
+            let sample =
+                t.render_sample(Some("Be brief."), user, &assistant_turn(Some("Four."), Some("\\boxed{4}"))).unwrap();
+            assert_eq!(trace, sample, "{user}");
+        }
     }
 }

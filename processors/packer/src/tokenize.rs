@@ -22,9 +22,13 @@ impl std::fmt::Debug for StudentTokenizer {
 }
 
 impl StudentTokenizer {
-    /// From the bytes of a `tokenizer.json`, or of a Mistral Tekken file (`tekken_*.json`,
-    /// recognised by its `config` and `vocab` keys and converted on load).
+    /// From the bytes of a `tokenizer.json`, of a Mistral Tekken file (`tekken_*.json`,
+    /// recognised by its `config` and `vocab` keys and converted on load), or of a GGUF model
+    /// file (recognised by its magic; see `gguf` for what its sha256 is).
     pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<StudentTokenizer> {
+        if crate::gguf::is_gguf(bytes) {
+            return Ok(crate::gguf::tokenizer_from_gguf_bytes(bytes)?.tokenizer);
+        }
         let sha256 = hex::encode(Sha256::digest(bytes));
         let tokenizer = match Tokenizer::from_bytes(bytes) {
             Ok(tokenizer) => tokenizer,
@@ -61,6 +65,16 @@ impl StudentTokenizer {
     /// The id of a token, if the vocabulary has it.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.tokenizer.token_to_id(token)
+    }
+
+    /// The token of an id, if the vocabulary has it.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+
+    /// The Hugging Face tokenizer itself.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.tokenizer
     }
 
     pub fn from_tokenizer(tokenizer: Tokenizer, sha256: String) -> StudentTokenizer {

@@ -1,6 +1,7 @@
 //! `distillery topology apply`: create every topic of a topology that does not exist yet.
 //! Idempotent: existing topics are left alone (their partition count is checked, since
-//! co-partitioning and keyed routing depend on it and it cannot shrink).
+//! co-partitioning and keyed routing depend on it and it cannot shrink). Topics of another
+//! experiment (`experiment = "..."` on the topic) are never created: they must exist.
 
 use crate::kafka::Connection;
 use crate::topology::Topology;
@@ -13,6 +14,8 @@ use std::time::Duration;
 pub enum TopicOutcome {
     Created,
     AlreadyExisted,
+    /// A topic of another experiment, read as it is (never created or changed here).
+    OtherExperiment,
 }
 
 #[derive(Debug, Clone)]
@@ -25,8 +28,13 @@ pub struct AppliedTopic {
 pub async fn apply_topology(topology: &Topology, connection: &Connection) -> anyhow::Result<Vec<AppliedTopic>> {
     let admin = connection.admin()?;
     let mut specs = Vec::new();
+    let mut foreign = Vec::new();
     for (short, spec) in &topology.topics {
         let name = topology.topic_name(short);
+        if topology.is_foreign(short) {
+            foreign.push(name);
+            continue;
+        }
         let retention = spec.retention_ms.map(|ms| ms.to_string());
         let max_bytes = spec.max_message_bytes.to_string();
         specs.push((name, spec.partitions, spec.replication_factor, retention, max_bytes, spec.cleanup_policy.clone()));
@@ -65,6 +73,11 @@ pub async fn apply_topology(topology: &Topology, connection: &Connection) -> any
                 topic.partitions
             );
         }
+    }
+    for name in foreign {
+        let partitions = wait_for_partitions(&reader, &name, Duration::from_secs(10))
+            .map_err(|_| anyhow::anyhow!("topic {name} does not exist: the experiment it belongs to has no such topic to read"))?;
+        applied.push(AppliedTopic { name, partitions, outcome: TopicOutcome::OtherExperiment });
     }
     Ok(applied)
 }

@@ -10,6 +10,8 @@
 //! - `publisher`: producing outputs and dead letters with their headers.
 //! - `source`: what processors without an input topic (the feeder) run on.
 //! - `reader`: reading a topic from the beginning (tools, tests, replays).
+//! - `ordered`: reading a single-partition topic from a position the consumer stores itself
+//!   (the trainer keeps it in its checkpoints).
 //! - `topology` / `settings`: the declarative topology file and shared settings.
 //! - `kafka`: construction of every client (all librdkafka settings live there).
 //! - `admin`: creating a topology's topics. `broker`: the local Kafka-API broker.
@@ -24,6 +26,7 @@ mod dedup;
 pub mod kafka;
 pub mod objects;
 pub mod offsets;
+pub mod ordered;
 pub mod processor;
 pub mod publisher;
 pub mod reader;

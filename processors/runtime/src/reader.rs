@@ -20,6 +20,26 @@ pub struct ReadRecord {
 }
 
 impl ReadRecord {
+    pub fn from_message<M: Message>(message: &M) -> ReadRecord {
+        let headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ReadRecord {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
@@ -68,26 +88,7 @@ pub fn read_to_end(connection: &Connection, topic: &str, timeout: Duration) -> a
         let partition = message.partition();
         let Some(&high) = end.get(&partition) else { continue };
         if message.offset() < high {
-            let headers = message
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            records.push(ReadRecord {
-                partition,
-                offset: message.offset(),
-                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                payload: message.payload().unwrap_or_default().to_vec(),
-                headers,
-            });
+            records.push(ReadRecord::from_message(&message));
         }
         if message.offset() + 1 >= high {
             end.remove(&partition);

@@ -71,6 +71,13 @@ pub struct TopicSpec {
     /// exempt from the "someone must write it" check.
     #[serde(default)]
     pub external: bool,
+    /// The experiment this topic belongs to, when it is not this topology's: the topic is
+    /// then `{experiment}.{name}` of that earlier run, read (from the beginning, by this
+    /// topology's own consumer groups) and never written or created here. This is how a new
+    /// experiment reuses a retained topic; `distillery replay` sets it on the stage it
+    /// replays.
+    #[serde(default)]
+    pub experiment: Option<String>,
 }
 
 fn default_partitions() -> i32 {
@@ -96,6 +103,7 @@ impl TopicSpec {
             max_message_bytes: default_max_message_bytes(),
             cleanup_policy: default_cleanup_policy(),
             external: false,
+            experiment: None,
         }
     }
 }
@@ -162,9 +170,16 @@ impl Topology {
         Ok(topology)
     }
 
-    /// The broker-side name of a topic: `{experiment}.{name}`.
+    /// The broker-side name of a topic: `{experiment}.{name}`, with the topic's own
+    /// `experiment` when it belongs to another run.
     pub fn topic_name(&self, short: &str) -> String {
-        format!("{}.{}", self.experiment, short)
+        let experiment = self.topics.get(short).and_then(|t| t.experiment.as_deref()).unwrap_or(&self.experiment);
+        format!("{experiment}.{short}")
+    }
+
+    /// Whether a topic belongs to another experiment (read here, never written or created).
+    pub fn is_foreign(&self, short: &str) -> bool {
+        self.topics.get(short).and_then(|t| t.experiment.as_deref()).is_some_and(|e| e != self.experiment)
     }
 
     /// Consumer group of a processor instance: `{experiment}.{processor}`.
@@ -184,9 +199,7 @@ impl Topology {
     /// topics read that no processor writes.
     pub fn check(&self, types: &[ProcessorTypeSpec]) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.experiment.is_empty()
-            || !self.experiment.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if !valid_experiment(&self.experiment) {
             problems.push(format!(
                 "experiment '{}' must be non-empty and use only letters, digits, '-', '_' and '.'",
                 self.experiment
@@ -194,6 +207,11 @@ impl Topology {
         }
         let mut topic_kinds = BTreeMap::new();
         for (name, topic) in &self.topics {
+            if let Some(experiment) = topic.experiment.as_deref().filter(|e| !valid_experiment(e)) {
+                problems.push(format!(
+                    "topic '{name}': experiment '{experiment}' must be non-empty and use only letters, digits, '-', '_' and '.'"
+                ));
+            }
             match topic.schema.parse::<RecordKind>() {
                 Ok(kind) => {
                     topic_kinds.insert(name.as_str(), kind);
@@ -251,7 +269,7 @@ impl Topology {
                     )),
                     _ => {}
                 }
-                let external = self.topics.get(input).is_some_and(|t| t.external);
+                let external = self.topics.get(input).is_some_and(|t| t.external) || self.is_foreign(input);
                 if !external && !written.contains_key(input.as_str()) {
                     problems.push(format!("processor '{name}': reads topic '{input}' that no processor writes (mark it `external = true` if it is filled from outside)"));
                 }
@@ -265,6 +283,12 @@ impl Topology {
                 }
             }
             for (port, topic) in &instance.outputs {
+                if self.is_foreign(topic) {
+                    problems.push(format!(
+                        "processor '{name}': writes topic '{topic}', which belongs to experiment '{}' (a topology writes only its own experiment's topics)",
+                        self.topics[topic].experiment.as_deref().unwrap_or_default()
+                    ));
+                }
                 let Some(port_spec) = spec.outputs.iter().find(|p| p.name == port) else {
                     let known: Vec<_> = spec.outputs.iter().map(|p| p.name).collect();
                     problems.push(format!(
@@ -297,6 +321,11 @@ impl Topology {
             Err(TopologyError::Invalid { path: origin.to_string(), problems })
         }
     }
+}
+
+/// Experiment names become topic and group name prefixes.
+pub fn valid_experiment(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 #[cfg(test)]
@@ -385,5 +414,23 @@ mod tests {
         let problems = Topology::parse(&text, "x").unwrap().check(&types());
         assert!(problems.iter().any(|p| p.contains("no output port 'output'")), "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("port 'out' (question) is not mapped")), "{problems:?}");
+    }
+
+    #[test]
+    fn a_topic_of_another_experiment_is_read_there_and_never_written() {
+        let text = GOOD.replace(
+            "[topics.questions]\n        schema = \"question\"",
+            "[topics.questions]\n        schema = \"question\"\n        experiment = \"t0\"",
+        );
+        let t = Topology::parse(&text, "x").unwrap();
+        assert_eq!(t.topic_name("questions"), "t0.questions");
+        assert_eq!(t.topic_name("copies"), "t1.copies");
+        assert_eq!(t.group_id("copy"), "t1.copy", "consumer groups stay in this experiment");
+        assert!(t.is_foreign("questions") && !t.is_foreign("copies"));
+        let problems = t.check(&types());
+        assert!(problems.iter().any(|p| p.contains("writes topic 'questions', which belongs to experiment 't0'")), "{problems:?}");
+        let mut t = t;
+        t.processors.remove("feeder");
+        assert_eq!(t.check(&types()), Vec::<String>::new(), "a foreign topic needs no writer here");
     }
 }

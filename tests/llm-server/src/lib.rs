@@ -7,7 +7,9 @@
 //!
 //! The answer to a problem is `\boxed{X}` where X comes from [`ServerConfig::answers`] (by
 //! problem text contained in the request), else the sum for "What is A + B?", else 42: tests
-//! script right and wrong answers with it. Asked as a judge (a user message with `<CORRECT_ANSWER>`
+//! script right and wrong answers with it. [`ServerConfig::seeded_answers`] scripts answers that
+//! differ between samples of one problem: the request's `seed` picks one (None: a truncated
+//! generation), so a test knows which sample got which answer whatever the request order. Asked as a judge (a user message with `<CORRECT_ANSWER>`
 //! and `<GENERATED_ANSWER>`), it replies MATCH when the generated answer contains the correct
 //! one, else MISMATCH.
 
@@ -90,6 +92,10 @@ pub struct ServerConfig {
     pub style: Option<ReasoningStyle>,
     /// Scripted answers, by problem text (matched when the request contains it).
     pub answers: HashMap<String, String>,
+    /// Scripted answers per sample, by problem text (matched when the request contains it):
+    /// a request with `seed` s gets entry `s % len` (no seed: entry 0); `None` answers with a
+    /// truncated generation (`finish_reason: "length"`, `content: null`). Wins over `answers`.
+    pub seeded_answers: HashMap<String, Vec<Option<String>>>,
     /// Length of the reasoning text in words.
     pub reasoning_words: usize,
     /// Problems whose answer carries 2.5 MB of reasoning (for response-size limits).
@@ -110,6 +116,7 @@ impl Default for ServerConfig {
             latency_ms: 0,
             style: None,
             answers: HashMap::new(),
+            seeded_answers: HashMap::new(),
             reasoning_words: 40,
             oversized_problems: Vec::new(),
             empty_problems: Vec::new(),
@@ -315,6 +322,14 @@ fn answer_for(config: &ServerConfig, problem: &str) -> String {
     sum.map(|n| n.to_string()).unwrap_or_else(|| "42".into())
 }
 
+/// The scripted answer of [`ServerConfig::seeded_answers`] for this request's seed, if the
+/// problem has any: `Some(None)` is a truncated generation.
+fn seeded_answer(config: &ServerConfig, problem: &str, request: &Value) -> Option<Option<String>> {
+    let (_, answers) = config.seeded_answers.iter().find(|(p, a)| !a.is_empty() && problem.contains(p.as_str()))?;
+    let seed = request["seed"].as_i64().unwrap_or(0).rem_euclid(answers.len() as i64);
+    Some(answers[seed as usize].clone())
+}
+
 /// The reasoning style the server uses for a problem (tests check that all three occur).
 pub fn style_for(config: &ServerConfig, problem: &str) -> ReasoningStyle {
     config.style.unwrap_or_else(|| {
@@ -349,6 +364,8 @@ fn completion(config: &ServerConfig, request: &Value, truncated: bool) -> Value 
         });
     }
     let model = request["model"].as_str().unwrap_or("test-model");
+    let seeded = seeded_answer(config, &problem, request);
+    let truncated = truncated || seeded == Some(None);
     if config.empty_problems.iter().any(|p| problem.contains(p.as_str())) {
         return json!({
             "id": "chatcmpl-empty", "object": "chat.completion", "created": 0, "model": model,
@@ -362,7 +379,8 @@ fn completion(config: &ServerConfig, request: &Value, truncated: bool) -> Value 
         config.reasoning_words
     };
     let reasoning = format!("Let me think about this. {}", "step ".repeat(words));
-    let answer = format!("The answer is \\boxed{{{}}}.", answer_for(config, &problem));
+    let answer =
+        format!("The answer is \\boxed{{{}}}.", seeded.flatten().unwrap_or_else(|| answer_for(config, &problem)));
     let reasoning_tokens = config.reasoning_words as u64 + 5;
     let answer_tokens = if truncated { 0 } else { 8 };
     let mut message = json!({"role": "assistant"});

@@ -1,0 +1,15 @@
+//! Consumer-trainer: reads shard manifests from `shards.{style}`, fetches the shards from the
+//! object store, trains a Llama/Mistral-family student on their packed rows with candle, and
+//! publishes `train-metrics` every step and a `checkpoints` event after every completed
+//! checkpoint upload.
+
+pub mod checkpoint;
+pub mod gguf;
+pub mod model;
+pub mod model_config;
+pub mod ops;
+pub mod optim;
+pub mod schedule;
+
+pub use model::{KvCache, PackedRow, Student};
+pub use model_config::ModelConfig;

@@ -1,0 +1,310 @@
+//! A Llama/Mistral-family decoder written for training: f32 master weights held as candle
+//! `Var`s under their Hugging Face names, compute in the weights' dtype or bf16, and packed
+//! rows where every sequence restarts its positions at 0 and attends only to itself.
+
+use crate::model_config::ModelConfig;
+use crate::ops::{attention, causal_mask, cross_entropy_sum, rms_norm, rope, swiglu, RotaryTables};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+/// One packed row: several sequences laid end to end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedRow {
+    pub input_ids: Vec<u32>,
+    /// 1 on completion tokens (the tokens the student learns to produce).
+    pub loss_mask: Vec<u8>,
+    /// Lengths of the sequences in the row, in order; they sum to `input_ids.len()`.
+    pub sequence_lengths: Vec<usize>,
+}
+
+impl PackedRow {
+    /// Positions whose next token is a completion token of the same sequence, and those next
+    /// tokens: the prediction targets of the row.
+    pub fn targets(&self) -> (Vec<u32>, Vec<u32>) {
+        let (mut positions, mut targets) = (Vec::new(), Vec::new());
+        let mut start = 0;
+        for &len in &self.sequence_lengths {
+            for i in start..start + len.saturating_sub(1) {
+                if self.loss_mask[i + 1] == 1 {
+                    positions.push(i as u32);
+                    targets.push(self.input_ids[i + 1]);
+                }
+            }
+            start += len;
+        }
+        (positions, targets)
+    }
+
+    pub fn completion_tokens(&self) -> usize {
+        self.targets().0.len()
+    }
+}
+
+/// Keys and values of the positions generated so far, per layer (in-process generation).
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dim(1).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Student {
+    pub config: ModelConfig,
+    /// Trainable weights by Hugging Face name, in a fixed (sorted) order.
+    params: BTreeMap<String, Var>,
+    device: Device,
+    /// Dtype of matmuls and activations: the weights' own dtype, or bf16 on GPUs.
+    compute_dtype: DType,
+}
+
+/// Hugging Face names of every weight of a config, with shapes.
+pub fn parameter_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+    let (q, kv) = (config.num_attention_heads * config.head_dim(), config.kv_heads() * config.head_dim());
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+    for layer in 0..config.num_hidden_layers {
+        let name = |suffix: &str| format!("model.layers.{layer}.{suffix}");
+        shapes.extend([
+            (name("input_layernorm.weight"), vec![h]),
+            (name("self_attn.q_proj.weight"), vec![q, h]),
+            (name("self_attn.k_proj.weight"), vec![kv, h]),
+            (name("self_attn.v_proj.weight"), vec![kv, h]),
+            (name("self_attn.o_proj.weight"), vec![h, q]),
+            (name("post_attention_layernorm.weight"), vec![h]),
+            (name("mlp.gate_proj.weight"), vec![i, h]),
+            (name("mlp.up_proj.weight"), vec![i, h]),
+            (name("mlp.down_proj.weight"), vec![h, i]),
+        ]);
+    }
+    shapes.push(("model.norm.weight".to_string(), vec![h]));
+    if !config.tie_word_embeddings {
+        shapes.push(("lm_head.weight".to_string(), vec![v, h]));
+    }
+    shapes
+}
+
+impl Student {
+    /// Random weights (normal, std 0.02; norms at 1) from a seed: the same seed gives the same
+    /// model on every machine.
+    pub fn random(config: ModelConfig, seed: u64, dtype: DType, device: &Device) -> anyhow::Result<Student> {
+        config.validate()?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in parameter_shapes(&config) {
+            let count: usize = shape.iter().product();
+            let values: Vec<f32> = if name.ends_with("norm.weight") {
+                vec![1.0; count]
+            } else {
+                // Box-Muller from the seeded generator: no dependency on candle's device RNG.
+                (0..count)
+                    .map(|_| {
+                        let (u1, u2): (f32, f32) = (rng.gen_range(f32::EPSILON..1.0), rng.gen());
+                        0.02 * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+                    })
+                    .collect()
+            };
+            tensors.insert(name, Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?);
+        }
+        Student::from_tensors(config, tensors, dtype, device)
+    }
+
+    /// A student from named tensors (a checkpoint, safetensors or GGUF), checking that every
+    /// weight is present with its shape and that nothing unknown is left over.
+    pub fn from_tensors(
+        config: ModelConfig,
+        mut tensors: BTreeMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Student> {
+        config.validate()?;
+        let mut params = BTreeMap::new();
+        for (name, shape) in parameter_shapes(&config) {
+            let tensor = tensors.remove(&name).ok_or_else(|| anyhow::anyhow!("the weights have no '{name}'"))?;
+            anyhow::ensure!(
+                tensor.dims() == shape.as_slice(),
+                "'{name}' has shape {:?}, the config says {shape:?}",
+                tensor.dims()
+            );
+            params.insert(name, Var::from_tensor(&tensor.to_device(device)?.to_dtype(dtype)?)?);
+        }
+        // Tied embeddings saved with an explicit lm_head are fine; anything else is a mismatch.
+        tensors.remove("lm_head.weight");
+        tensors.retain(|name, _| !name.ends_with("rotary_emb.inv_freq"));
+        if let Some(name) = tensors.keys().next() {
+            anyhow::bail!("the weights have '{name}', which this {} config does not use", config.model_type);
+        }
+        Ok(Student { config, params, device: device.clone(), compute_dtype: dtype })
+    }
+
+    /// Run matmuls and activations in `dtype` (bf16 on GPUs) while the weights stay in their
+    /// own (f32 master) dtype.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Student {
+        self.compute_dtype = dtype;
+        self
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The trainable weights by name, sorted.
+    pub fn parameters(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+
+    /// A copy of every weight, for saving.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.params.iter().map(|(name, var)| (name.clone(), var.as_tensor().detach())).collect()
+    }
+
+    fn weight(&self, name: &str) -> Result<Tensor> {
+        let var = self.params.get(name).unwrap_or_else(|| panic!("weight '{name}' exists by construction"));
+        var.as_tensor().to_dtype(self.compute_dtype)
+    }
+
+    fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        x.matmul(&self.weight(name)?.t()?)
+    }
+
+    fn lm_head_name(&self) -> &'static str {
+        if self.config.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        }
+    }
+
+    /// One decoder layer on `x` `[len, hidden]`. `attend` maps the layer's q, k, v projections
+    /// (`[len, heads * head_dim]` and `[len, kv_heads * head_dim]`) to the attended values
+    /// `[len, heads * head_dim]`: packed training and cached generation differ only there.
+    fn layer(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        attend: impl FnOnce(Tensor, Tensor, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let name = |suffix: &str| format!("model.layers.{layer}.{suffix}");
+        let normed = rms_norm(x, &self.weight(&name("input_layernorm.weight"))?, eps)?;
+        let q = self.linear(&normed, &name("self_attn.q_proj.weight"))?;
+        let k = self.linear(&normed, &name("self_attn.k_proj.weight"))?;
+        let v = self.linear(&normed, &name("self_attn.v_proj.weight"))?;
+        let attended = attend(q, k, v)?;
+        let x = (x + self.linear(&attended, &name("self_attn.o_proj.weight"))?)?;
+        let normed = rms_norm(&x, &self.weight(&name("post_attention_layernorm.weight"))?, eps)?;
+        let gate = self.linear(&normed, &name("mlp.gate_proj.weight"))?;
+        let up = self.linear(&normed, &name("mlp.up_proj.weight"))?;
+        x + self.linear(&swiglu(&gate, &up)?, &name("mlp.down_proj.weight"))?
+    }
+
+    /// `[len, n * head_dim]` -> `[n, len, head_dim]`.
+    fn split_heads(&self, t: &Tensor, n: usize) -> Result<Tensor> {
+        let len = t.dim(0)?;
+        t.reshape((len, n, self.config.head_dim()))?.transpose(0, 1)?.contiguous()
+    }
+
+    /// `[n, len, head_dim]` -> `[len, n * head_dim]`.
+    fn merge_heads(&self, t: &Tensor) -> Result<Tensor> {
+        let (n, len, head_dim) = t.dims3()?;
+        t.transpose(0, 1)?.reshape((len, n * head_dim))
+    }
+
+    /// Hidden states after the final norm for a packed row, `[len, hidden]`.
+    pub fn forward_hidden(&self, row: &PackedRow) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
+        let ids = Tensor::from_slice(&row.input_ids, row.input_ids.len(), &self.device)?;
+        let mut x = self.weight("model.embed_tokens.weight")?.index_select(&ids, 0)?;
+        let longest = row.sequence_lengths.iter().copied().max().unwrap_or(0);
+        let rotary = RotaryTables::new(cfg.head_dim(), cfg.rope_theta, longest, self.compute_dtype, &self.device)?;
+        for layer in 0..cfg.num_hidden_layers {
+            x = self.layer(layer, &x, |q, k, v| {
+                // Block-diagonal causal attention: each sequence on its own, positions from 0,
+                // so the cost follows the sum of squared lengths, not the row length squared.
+                let mut outputs = Vec::with_capacity(row.sequence_lengths.len());
+                let mut start = 0;
+                for &len in &row.sequence_lengths {
+                    let (cos, sin) = rotary.slice(0, len)?;
+                    let q = rope(&self.split_heads(&q.narrow(0, start, len)?, heads)?, &cos, &sin)?;
+                    let k = rope(&self.split_heads(&k.narrow(0, start, len)?, kv_heads)?, &cos, &sin)?;
+                    let v = self.split_heads(&v.narrow(0, start, len)?, kv_heads)?;
+                    let mask = causal_mask(len, 0, self.compute_dtype, &self.device)?;
+                    outputs.push(self.merge_heads(&attention(&q, &k, &v, Some(&mask))?)?);
+                    start += len;
+                }
+                Tensor::cat(&outputs, 0)
+            })?;
+        }
+        rms_norm(&x, &self.weight("model.norm.weight")?, cfg.rms_norm_eps)
+    }
+
+    /// Logits of every position of a packed row, `[len, vocab]` (tests and tools; training
+    /// computes logits only where there is a target).
+    pub fn forward_logits(&self, row: &PackedRow) -> Result<Tensor> {
+        let hidden = self.forward_hidden(row)?;
+        self.linear(&hidden, self.lm_head_name())
+    }
+
+    /// Sum of the cross-entropy over the row's completion targets (in f32), and their count.
+    pub fn loss_sum(&self, row: &PackedRow) -> Result<(Tensor, usize)> {
+        let (positions, targets) = row.targets();
+        let count = positions.len();
+        if count == 0 {
+            return Ok((Tensor::zeros((), DType::F32, &self.device)?, 0));
+        }
+        let hidden = self.forward_hidden(row)?;
+        let positions = Tensor::from_vec(positions, count, &self.device)?;
+        let targets = Tensor::from_vec(targets, count, &self.device)?;
+        let selected = hidden.index_select(&positions, 0)?;
+        let logits = self.linear(&selected, self.lm_head_name())?;
+        let wide = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        Ok((cross_entropy_sum(&logits.to_dtype(wide)?, &targets)?, count))
+    }
+
+    /// Feeds `tokens` after the positions already in `cache` and returns the logits of the
+    /// last one, `[vocab]` (f32).
+    pub fn forward_cached(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
+        let (past, len) = (cache.len(), tokens.len());
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; cfg.num_hidden_layers];
+        }
+        let ids = Tensor::from_slice(tokens, len, &self.device)?;
+        let mut x = self.weight("model.embed_tokens.weight")?.index_select(&ids, 0)?;
+        let rotary = RotaryTables::new(cfg.head_dim(), cfg.rope_theta, past + len, self.compute_dtype, &self.device)?;
+        let (cos, sin) = rotary.slice(past, len)?;
+        let mask = if len > 1 { Some(causal_mask(len, past, self.compute_dtype, &self.device)?) } else { None };
+        for layer in 0..cfg.num_hidden_layers {
+            let cached = &mut cache.layers[layer];
+            x = self.layer(layer, &x, |q, k, v| {
+                let q = rope(&self.split_heads(&q, heads)?, &cos, &sin)?;
+                let k = rope(&self.split_heads(&k, kv_heads)?, &cos, &sin)?;
+                let v = self.split_heads(&v, kv_heads)?;
+                let (k, v) = match cached.take() {
+                    Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 1)?, Tensor::cat(&[&past_v, &v], 1)?),
+                    None => (k, v),
+                };
+                let out = attention(&q, &k, &v, mask.as_ref())?;
+                *cached = Some((k, v));
+                self.merge_heads(&out)
+            })?;
+        }
+        let last = x.narrow(0, len - 1, 1)?;
+        let hidden = rms_norm(&last, &self.weight("model.norm.weight")?, cfg.rms_norm_eps)?;
+        self.linear(&hidden, self.lm_head_name())?.squeeze(0)?.to_dtype(DType::F32)
+    }
+}
