@@ -77,7 +77,8 @@ async fn replicas_stopped_and_added_mid_run_sample_and_judge_every_question_once
     write_questions(&cluster.path("questions.jsonl"), QUESTIONS, 60);
     let started = Instant::now();
 
-    let mut samplers = vec![cluster.spawn("sampler", "s1"), cluster.spawn("sampler", "s2"), cluster.spawn("sampler", "s3")];
+    let mut samplers =
+        vec![cluster.spawn("sampler", "s1"), cluster.spawn("sampler", "s2"), cluster.spawn("sampler", "s3")];
     let mut judges = vec![cluster.spawn("judge", "j1"), cluster.spawn("judge", "j2")];
     wait_until("3 samplers and 2 judges share the partitions", Duration::from_secs(60), || {
         balanced(&samplers.iter().collect::<Vec<_>>()) && balanced(&judges.iter().collect::<Vec<_>>())
@@ -114,7 +115,11 @@ async fn replicas_stopped_and_added_mid_run_sample_and_judge_every_question_once
     let samples: Vec<TeacherSample> = sample_records.iter().map(|r| decode(&r.payload).unwrap()).collect();
     let sample_ids = ids_with_counts(&sample_records);
     assert_eq!(sample_ids.len(), QUESTIONS, "one sample id per question (one teacher, one attempt)");
-    assert_eq!(samples.iter().map(|s| s.question_id.clone()).collect::<BTreeSet<_>>(), questions, "no question missing");
+    assert_eq!(
+        samples.iter().map(|s| s.question_id.clone()).collect::<BTreeSet<_>>(),
+        questions,
+        "no question missing"
+    );
     for (record, sample) in sample_records.iter().zip(&samples) {
         assert_eq!(record.id(), Some(sample.id.as_str()), "a duplicate is a replay of the same sample");
     }
@@ -134,8 +139,10 @@ async fn replicas_stopped_and_added_mid_run_sample_and_judge_every_question_once
     let by = |producer: &str, records: &[distillery_runtime::reader::ReadRecord]| {
         records.iter().filter(|r| r.header("distillery-producer") == Some(producer)).count()
     };
-    let sampler_counts: Vec<(String, usize)> =
-        ["s1", "s2", "s3", "s4"].iter().map(|r| (r.to_string(), by(&format!("sampler/{r}"), &sample_records))).collect();
+    let sampler_counts: Vec<(String, usize)> = ["s1", "s2", "s3", "s4"]
+        .iter()
+        .map(|r| (r.to_string(), by(&format!("sampler/{r}"), &sample_records)))
+        .collect();
     let judge_counts: Vec<(String, usize)> =
         ["j1", "j2", "j3"].iter().map(|r| (r.to_string(), by(&format!("judge/{r}"), &judged_records))).collect();
     assert!(sampler_counts[0].1 > 0, "the killed replica worked before it died: {sampler_counts:?}");

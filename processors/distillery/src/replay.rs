@@ -87,7 +87,14 @@ pub struct ReplayPlan {
 
 /// Rewrites the topology `text` into the replay of `stage` from experiment `from` into
 /// experiment `to`, keeping only the processors in `only` when it is not empty.
-pub fn plan(text: &str, origin: &str, from: &str, stage: &str, to: &str, only: &[String]) -> anyhow::Result<ReplayPlan> {
+pub fn plan(
+    text: &str,
+    origin: &str,
+    from: &str,
+    stage: &str,
+    to: &str,
+    only: &[String],
+) -> anyhow::Result<ReplayPlan> {
     let topology = Topology::parse(text, origin)?;
     for (flag, name) in [("--from", from), ("--to", to)] {
         anyhow::ensure!(
@@ -132,7 +139,9 @@ pub fn plan(text: &str, origin: &str, from: &str, stage: &str, to: &str, only: &
     // 2. What the kept processors read but do not write comes from the source experiment.
     let written: BTreeSet<&String> = kept.iter().flat_map(|name| topology.processors[name].outputs.values()).collect();
     if let Some(writer) = kept.iter().find(|name| topology.processors[*name].outputs.values().any(|t| t == stage)) {
-        anyhow::bail!("processor '{writer}' writes '{stage}' and also reads what comes from it; a replay never writes its stage");
+        anyhow::bail!(
+            "processor '{writer}' writes '{stage}' and also reads what comes from it; a replay never writes its stage"
+        );
     }
     let mut sources = vec![stage.to_string()];
     for name in &kept {
@@ -186,7 +195,9 @@ fn upstream_first(topology: &Topology, names: &[String]) -> Vec<String> {
     while !left.is_empty() {
         let ready = left.iter().position(|name| {
             topology.processors[name].inputs.iter().all(|input| {
-                !left.iter().any(|other| other != name && topology.processors[other].outputs.values().any(|t| t == input))
+                !left
+                    .iter()
+                    .any(|other| other != name && topology.processors[other].outputs.values().any(|t| t == input))
             })
         });
         ordered.push(left.remove(ready.unwrap_or(0)));
@@ -230,8 +241,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let broker = if embedded {
         std::fs::create_dir_all(&args.work_dir)?;
         let store = args.work_dir.join("broker.db");
-        let broker =
-            LocalBroker::start(BrokerStore::Sqlite(store.clone()), Some(&args.work_dir.join("broker.log")))?;
+        let broker = LocalBroker::start(BrokerStore::Sqlite(store.clone()), Some(&args.work_dir.join("broker.log")))?;
         println!("local broker on {} (store {})", broker.bootstrap_servers(), store.display());
         Some(broker)
     } else {

@@ -7,8 +7,11 @@
 //! - `config`: settings (benchmarks, sampling, backend, which checkpoints).
 //! - `benchmark`: loading problems with the feeder's reader and row formats.
 //! - `generate`: the [`Backend`] / [`Generator`] traits and the OpenAI-compatible server
-//!   backend. An in-process backend (the trainer's candle model) implements the same traits
-//!   and is chosen in `Evaluator::new` for `backend = "in-process"`.
+//!   backend. An in-process backend (the trainer's candle model) implements the same traits:
+//!   `Backend::open` loads the checkpoint's files, `Generator::generate` samples `n` texts
+//!   (seed `settings.seed + j` for sample j) and returns them with [`Generation::from_text`];
+//!   `Evaluator::new` picks it for `backend = "in-process"` (it refuses that backend until
+//!   one is built in). Tests and tools can also pass any backend to `Evaluator::with_backend`.
 //! - `metrics`: pass@k (unbiased estimator), majority@k, tokens, truncation.
 //! - `processor`: checkpoint in -> eval-results out, scored with the judge's rule verifier.
 //! - `report` / `plot`: the Markdown report and its loss plot, as pure functions of the

@@ -68,6 +68,11 @@ impl StudentTokenizer {
     }
 
     /// The token of an id, if the vocabulary has it.
+    /// Vocabulary size, added tokens included (the student's embedding rows).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.tokenizer.id_to_token(id)
     }
@@ -102,6 +107,12 @@ impl StudentTokenizer {
             input_ids: encoding.get_ids().to_vec(),
             loss_mask,
         })
+    }
+
+    /// Ids of a text, special tokens in it recognised, none added (prompts for generation).
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))?;
+        Ok(encoding.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {

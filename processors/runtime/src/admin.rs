@@ -75,8 +75,9 @@ pub async fn apply_topology(topology: &Topology, connection: &Connection) -> any
         }
     }
     for name in foreign {
-        let partitions = wait_for_partitions(&reader, &name, Duration::from_secs(10))
-            .map_err(|_| anyhow::anyhow!("topic {name} does not exist: the experiment it belongs to has no such topic to read"))?;
+        let partitions = wait_for_partitions(&reader, &name, Duration::from_secs(10)).map_err(|_| {
+            anyhow::anyhow!("topic {name} does not exist: the experiment it belongs to has no such topic to read")
+        })?;
         applied.push(AppliedTopic { name, partitions, outcome: TopicOutcome::OtherExperiment });
     }
     Ok(applied)

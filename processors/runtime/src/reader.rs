@@ -26,7 +26,10 @@ impl ReadRecord {
             .map(|hs| {
                 hs.iter()
                     .map(|h| {
-                        (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
+                        (
+                            h.key.to_string(),
+                            h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+                        )
                     })
                     .collect()
             })

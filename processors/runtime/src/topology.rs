@@ -428,7 +428,10 @@ mod tests {
         assert_eq!(t.group_id("copy"), "t1.copy", "consumer groups stay in this experiment");
         assert!(t.is_foreign("questions") && !t.is_foreign("copies"));
         let problems = t.check(&types());
-        assert!(problems.iter().any(|p| p.contains("writes topic 'questions', which belongs to experiment 't0'")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("writes topic 'questions', which belongs to experiment 't0'")),
+            "{problems:?}"
+        );
         let mut t = t;
         t.processors.remove("feeder");
         assert_eq!(t.check(&types()), Vec::<String>::new(), "a foreign topic needs no writer here");

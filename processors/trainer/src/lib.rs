@@ -4,12 +4,16 @@
 //! checkpoint upload.
 
 pub mod checkpoint;
+pub mod config;
 pub mod gguf;
 pub mod model;
 pub mod model_config;
 pub mod ops;
 pub mod optim;
 pub mod schedule;
+pub mod train;
 
 pub use model::{KvCache, PackedRow, Student};
 pub use model_config::ModelConfig;
+pub use config::TrainerSettings;
+pub use train::{run, TrainSummary, OUTPUTS};
