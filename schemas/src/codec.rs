@@ -14,6 +14,12 @@ use std::sync::OnceLock;
 const MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
 
+/// No string, bytes field or element count in a decoded record may exceed this: nothing longer
+/// fits in a record (the runtime's producers and consumers cap records at 32 MiB). It is set as
+/// apache-avro's allocation limit (whose default, 512 MiB, is far above any real record), and
+/// [`check_lengths`] refuses any length that does not fit in the bytes actually received.
+pub const MAX_DECODE_ALLOCATION_BYTES: usize = 32 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("payload of {0} bytes is too short for an Avro single-object header")]
@@ -30,6 +36,8 @@ pub enum CodecError {
     Encode { kind: RecordKind, source: Box<apache_avro::Error> },
     #[error("cannot decode {kind}: {source}")]
     Decode { kind: RecordKind, source: Box<apache_avro::Error> },
+    #[error("cannot decode {kind}: {reason}")]
+    Malformed { kind: RecordKind, reason: String },
 }
 
 struct KnownSchema {
@@ -55,6 +63,9 @@ fn fingerprint(schema: &Schema) -> [u8; 8] {
 fn schema_set() -> &'static SchemaSet {
     static SET: OnceLock<SchemaSet> = OnceLock::new();
     SET.get_or_init(|| {
+        // Every decode goes through here first, so the limit is in place before apache-avro
+        // reads its first length (it only takes the first value it is given).
+        apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION_BYTES);
         let mut by_fingerprint = HashMap::new();
         let mut current = HashMap::new();
         for kind in RecordKind::ALL {
@@ -133,6 +144,7 @@ pub fn decode<R: Record>(payload: &[u8]) -> Result<R, CodecError> {
         return Err(CodecError::WrongKind { written: writer.kind, expected: R::KIND });
     }
     let decode_err = |e| CodecError::Decode { kind: R::KIND, source: Box::new(e) };
+    check_lengths(&writer.schema, datum).map_err(|reason| CodecError::Malformed { kind: R::KIND, reason })?;
     // Resolution is only needed when the writer used another version than ours.
     let resolve_into = (writer.fingerprint != current_fingerprint(R::KIND)).then(|| current_schema(R::KIND));
     let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, resolve_into).map_err(decode_err)?;
@@ -153,6 +165,7 @@ pub struct DecodedAny {
 pub fn decode_any(payload: &[u8]) -> Result<DecodedAny, CodecError> {
     let (writer, mut datum) = split_header(payload)?;
     let decode_err = |e| CodecError::Decode { kind: writer.kind, source: Box::new(e) };
+    check_lengths(&writer.schema, datum).map_err(|reason| CodecError::Malformed { kind: writer.kind, reason })?;
     let value: Value = apache_avro::from_avro_datum(&writer.schema, &mut datum, None).map_err(decode_err)?;
     let json = serde_json::Value::try_from(value).map_err(decode_err)?;
     Ok(DecodedAny { kind: writer.kind, json })
@@ -161,4 +174,123 @@ pub fn decode_any(payload: &[u8]) -> Result<DecodedAny, CodecError> {
 /// The kind named by a payload's header, without decoding the body.
 pub fn peek_kind(payload: &[u8]) -> Result<RecordKind, CodecError> {
     split_header(payload).map(|(known, _)| known.kind)
+}
+
+/// Walks a datum over its writer schema without allocating, and refuses it when a string or
+/// bytes length, or an array or map element count, claims more than the bytes that follow.
+///
+/// Why: apache-avro allocates what a length prefix claims before reading the bytes (a string
+/// buffer, or `Vec::reserve(count)` of decoded values, ~56 bytes each), so a 30-byte hostile
+/// record claiming 400 million array elements asked for 22 GB at once, enough to abort the
+/// process. Checked here, no claim can exceed the payload it came in.
+fn check_lengths(schema: &Schema, mut datum: &[u8]) -> Result<(), String> {
+    check_datum(schema, &mut datum).map(|_| ())
+}
+
+/// Ok(false): a construct this check does not follow (none of this project's schemas uses
+/// one); the rest is left to the decoder and its allocation limit.
+fn check_datum(schema: &Schema, datum: &mut &[u8]) -> Result<bool, String> {
+    match schema {
+        Schema::Null => {}
+        Schema::Boolean => skip(datum, 1, "a boolean")?,
+        Schema::Int | Schema::Long | Schema::Enum(_) => {
+            read_long(datum)?;
+        }
+        Schema::Float => skip(datum, 4, "a float")?,
+        Schema::Double => skip(datum, 8, "a double")?,
+        Schema::Fixed(fixed) => skip(datum, fixed.size, "a fixed field")?,
+        Schema::Bytes | Schema::String => {
+            let len = read_long(datum)?;
+            let len = usize::try_from(len).map_err(|_| format!("a string or bytes field has length {len}"))?;
+            skip(datum, len, "a string or bytes field")?;
+        }
+        Schema::Union(union) => {
+            let index = read_long(datum)?;
+            let variant = usize::try_from(index)
+                .ok()
+                .and_then(|i| union.variants().get(i))
+                .ok_or_else(|| format!("union branch {index} does not exist"))?;
+            return check_datum(variant, datum);
+        }
+        Schema::Record(record) => {
+            for field in &record.fields {
+                if !check_datum(&field.schema, datum)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Schema::Array(array) => return check_blocks(datum, &array.items, false),
+        Schema::Map(map) => return check_blocks(datum, &map.types, true),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The blocks of an array or map: each a count (negative: followed by its size in bytes), then
+/// that many items; a zero count ends them.
+fn check_blocks(datum: &mut &[u8], items: &Schema, keyed: bool) -> Result<bool, String> {
+    let min_item = min_encoded_size(items) + usize::from(keyed);
+    if min_item == 0 {
+        // Items of zero bytes (nulls): counts are not bounded by the payload.
+        return Ok(false);
+    }
+    loop {
+        let count = read_long(datum)?;
+        if count == 0 {
+            return Ok(true);
+        }
+        if count < 0 {
+            read_long(datum)?;
+        }
+        let count = count.unsigned_abs();
+        if count > (datum.len() / min_item) as u64 {
+            return Err(format!(
+                "an array or map claims {count} elements, more than the {} bytes that follow can hold",
+                datum.len()
+            ));
+        }
+        for _ in 0..count {
+            if keyed {
+                check_datum(&Schema::String, datum)?;
+            }
+            if !check_datum(items, datum)? {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// The fewest bytes a value of this schema takes.
+fn min_encoded_size(schema: &Schema) -> usize {
+    match schema {
+        Schema::Null => 0,
+        Schema::Float => 4,
+        Schema::Double => 8,
+        Schema::Fixed(fixed) => fixed.size,
+        Schema::Record(record) => record.fields.iter().map(|f| min_encoded_size(&f.schema)).sum(),
+        Schema::Ref { .. } => 0,
+        _ => 1,
+    }
+}
+
+fn skip(datum: &mut &[u8], len: usize, what: &str) -> Result<(), String> {
+    if len > datum.len() {
+        return Err(format!("{what} claims {len} bytes but only {} follow", datum.len()));
+    }
+    *datum = &datum[len..];
+    Ok(())
+}
+
+/// An Avro long: zigzag, variable length, at most 10 bytes.
+fn read_long(datum: &mut &[u8]) -> Result<i64, String> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&byte, rest) = datum.split_first().ok_or("the record ends inside a number")?;
+        *datum = rest;
+        value |= u64::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    Err("a number is longer than 10 bytes".into())
 }

@@ -17,7 +17,9 @@ pub struct AgreementSettings {
     #[serde(default)]
     pub keep: Keep,
     /// A question still missing verdicts this long after its first verdict is rejected as
-    /// expired (and reported), not kept waiting forever.
+    /// expired (and reported), not kept waiting forever. Measured in event time (the
+    /// verdicts' `judged_at_ms`, and wall time once the input goes quiet), so a replay of an
+    /// old experiment expires nothing early.
     #[serde(default = "default_expire_after_secs")]
     pub expire_after_secs: u64,
 }

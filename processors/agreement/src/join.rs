@@ -1,22 +1,29 @@
 //! The join state of one agreement processor: verdicts of questions still waiting for other
 //! teachers, and the questions already decided (so replays and late verdicts decide nothing
-//! twice). Pure: no Kafka, no clock of its own.
+//! twice), by input partition. Pure: no Kafka, no clock of its own (expiry reads the
+//! stream's [`EventClock`]).
 
+use crate::clock::EventClock;
 use crate::config::{AgreementSettings, Keep};
+use distillery_runtime::PartitionId;
 use distillery_schemas::{stable_id, AgreedSample, JudgedSample, TeacherTrace, Verdict};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pending {
+    /// The input partition the question's verdicts come from (all of them: keyed by question).
+    partition: PartitionId,
     /// Verdicts by teacher, by attempt.
     verdicts: BTreeMap<String, BTreeMap<i32, JudgedSample>>,
+    /// Event time of the question's first verdict (its `judged_at_ms`).
     first_seen_ms: i64,
 }
 
 #[derive(Debug, Default)]
 pub struct JoinState {
     pending: HashMap<String, Pending>,
-    decided: HashSet<String>,
+    /// Decided questions, by the partition they came from.
+    decided: HashMap<PartitionId, HashSet<String>>,
 }
 
 /// What one verdict did to the join.
@@ -36,19 +43,21 @@ impl JoinState {
         self.pending.len()
     }
 
-    /// Adds a verdict; `now_ms` stamps when the question was first seen.
-    pub fn add(&mut self, settings: &AgreementSettings, judged: JudgedSample, now_ms: i64) -> Outcome {
+    /// Adds a verdict read from `partition`; the first verdict of a question starts its
+    /// expiry at that verdict's event time (`judged_at_ms`).
+    pub fn add(&mut self, settings: &AgreementSettings, judged: JudgedSample, partition: &PartitionId) -> Outcome {
         let question = judged.sample.question_id.clone();
-        if self.decided.contains(&question) {
+        if self.decided.get(partition).is_some_and(|d| d.contains(&question)) {
             return Outcome::Ignored("question already decided");
         }
         if !settings.required_teachers.contains(&judged.sample.teacher) {
             return Outcome::Ignored("teacher not required");
         }
-        let pending = self
-            .pending
-            .entry(question.clone())
-            .or_insert_with(|| Pending { first_seen_ms: now_ms, ..Default::default() });
+        let pending = self.pending.entry(question.clone()).or_insert_with(|| Pending {
+            partition: partition.clone(),
+            verdicts: BTreeMap::new(),
+            first_seen_ms: judged.judged_at_ms,
+        });
         pending.verdicts.entry(judged.sample.teacher.clone()).or_default().insert(judged.sample.attempt, judged);
         let mut failed = Vec::new();
         let mut waiting = false;
@@ -65,47 +74,71 @@ impl JoinState {
                 waiting = true;
             }
         }
-        if !failed.is_empty() {
-            let reason = format!("no MATCH from {}", failed.join(", "));
-            return Outcome::Decided(self.decide(settings, &question, false, Some(reason)));
-        }
-        if waiting {
+        let (accepted, reason) = if !failed.is_empty() {
+            (false, Some(format!("no MATCH from {}", failed.join(", "))))
+        } else if waiting {
             return Outcome::Waiting;
+        } else {
+            (true, None)
+        };
+        match self.pending.remove(&question) {
+            Some(pending) => Outcome::Decided(self.decide(settings, &question, pending, accepted, reason)),
+            None => Outcome::Waiting, // cannot happen: inserted above
         }
-        Outcome::Decided(self.decide(settings, &question, true, None))
     }
 
-    /// Rejects every question first seen at or before `cutoff_ms` that is still waiting.
-    pub fn expire(&mut self, settings: &AgreementSettings, cutoff_ms: i64) -> Vec<AgreedSample> {
-        let expired: Vec<String> =
-            self.pending.iter().filter(|(_, p)| p.first_seen_ms <= cutoff_ms).map(|(q, _)| q.clone()).collect();
+    /// Rejects every question still waiting whose partition's event time (at wall time
+    /// `wall_ms`) reached its first verdict's time plus `expire_after_secs`.
+    pub fn expire(&mut self, settings: &AgreementSettings, clock: &EventClock, wall_ms: i64) -> Vec<AgreedSample> {
+        let expire_after_ms = i64::try_from(settings.expire_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let mut expired: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                clock
+                    .now(&p.partition, wall_ms)
+                    .is_some_and(|now| now >= p.first_seen_ms.saturating_add(expire_after_ms))
+            })
+            .map(|(q, _)| q.clone())
+            .collect();
+        expired.sort(); // a stable order of outputs
         expired
             .into_iter()
-            .map(|question| {
+            .filter_map(|question| {
+                let pending = self.pending.remove(&question)?;
                 let missing: Vec<&str> = settings
                     .required_teachers
                     .iter()
-                    .filter(|t| !self.pending[&question].verdicts.contains_key(*t))
+                    .filter(|t| !pending.verdicts.contains_key(*t))
                     .map(String::as_str)
                     .collect();
                 let reason = format!(
                     "expired: no verdict from {} in time",
                     if missing.is_empty() { "every attempt".to_string() } else { missing.join(", ") }
                 );
-                self.decide(settings, &question, false, Some(reason))
+                Some(self.decide(settings, &question, pending, false, Some(reason)))
             })
             .collect()
+    }
+
+    /// Drops the joins of partitions this replica no longer owns (their new owner rebuilds
+    /// them from the partition).
+    pub fn forget(&mut self, partitions: &[PartitionId]) {
+        self.pending.retain(|_, p| !partitions.contains(&p.partition));
+        for p in partitions {
+            self.decided.remove(p);
+        }
     }
 
     fn decide(
         &mut self,
         settings: &AgreementSettings,
         question: &str,
+        pending: Pending,
         accepted: bool,
         reason: Option<String>,
     ) -> AgreedSample {
-        let pending = self.pending.remove(question).unwrap_or_default();
-        self.decided.insert(question.to_string());
+        self.decided.entry(pending.partition.clone()).or_default().insert(question.to_string());
         let mut teachers = settings.required_teachers.clone();
         teachers.sort();
         let mut parts = vec![question];
@@ -175,6 +208,15 @@ mod tests {
         }
     }
 
+    fn p0() -> PartitionId {
+        PartitionId { topic: "judged".into(), partition: 0 }
+    }
+
+    fn at(mut j: JudgedSample, judged_at_ms: i64) -> JudgedSample {
+        j.judged_at_ms = judged_at_ms;
+        j
+    }
+
     fn judged(question: &str, teacher: &str, attempt: i32, verdict: Verdict, tokens: i32) -> JudgedSample {
         JudgedSample {
             id: format!("{question}/{teacher}/{attempt}"),
@@ -222,12 +264,12 @@ mod tests {
     fn both_matches_agree_once_and_replays_are_ignored() {
         let s = settings(1, Keep::First);
         let mut join = JoinState::default();
-        assert_eq!(join.add(&s, judged("q", "a", 0, Verdict::Match, 5), 0), Outcome::Waiting);
-        let Outcome::Decided(agreed) = join.add(&s, judged("q", "b", 0, Verdict::Match, 7), 0) else { panic!() };
+        assert_eq!(join.add(&s, judged("q", "a", 0, Verdict::Match, 5), &p0()), Outcome::Waiting);
+        let Outcome::Decided(agreed) = join.add(&s, judged("q", "b", 0, Verdict::Match, 7), &p0()) else { panic!() };
         assert!(agreed.accepted);
         assert_eq!(agreed.traces.iter().map(|t| t.teacher.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(
-            join.add(&s, judged("q", "b", 0, Verdict::Match, 7), 0),
+            join.add(&s, judged("q", "b", 0, Verdict::Match, 7), &p0()),
             Outcome::Ignored("question already decided")
         );
         assert_eq!(join.pending(), 0);
@@ -237,46 +279,99 @@ mod tests {
     fn a_mismatch_rejects_and_other_teachers_are_ignored() {
         let s = settings(1, Keep::First);
         let mut join = JoinState::default();
-        let Outcome::Decided(rejected) = join.add(&s, judged("q", "b", 0, Verdict::Mismatch, 3), 0) else { panic!() };
+        let Outcome::Decided(rejected) = join.add(&s, judged("q", "b", 0, Verdict::Mismatch, 3), &p0()) else {
+            panic!()
+        };
         assert!(!rejected.accepted);
         assert_eq!(rejected.reason.as_deref(), Some("no MATCH from b"));
-        assert_eq!(join.add(&s, judged("r", "c", 0, Verdict::Match, 3), 0), Outcome::Ignored("teacher not required"));
+        assert_eq!(
+            join.add(&s, judged("r", "c", 0, Verdict::Match, 3), &p0()),
+            Outcome::Ignored("teacher not required")
+        );
     }
 
     #[test]
     fn with_several_attempts_the_setting_picks_the_match_to_keep() {
         let mut join = JoinState::default();
         let s = settings(3, Keep::Shortest);
-        join.add(&s, judged("q", "a", 0, Verdict::Match, 50), 0);
-        join.add(&s, judged("q", "a", 1, Verdict::Mismatch, 5), 0);
-        assert_eq!(join.add(&s, judged("q", "a", 2, Verdict::Match, 20), 0), Outcome::Waiting, "b has not answered");
-        join.add(&s, judged("q", "b", 0, Verdict::Mismatch, 9), 0);
-        join.add(&s, judged("q", "b", 1, Verdict::Mismatch, 9), 0);
-        let Outcome::Decided(d) = join.add(&s, judged("q", "b", 2, Verdict::Match, 9), 0) else { panic!() };
+        join.add(&s, judged("q", "a", 0, Verdict::Match, 50), &p0());
+        join.add(&s, judged("q", "a", 1, Verdict::Mismatch, 5), &p0());
+        assert_eq!(
+            join.add(&s, judged("q", "a", 2, Verdict::Match, 20), &p0()),
+            Outcome::Waiting,
+            "b has not answered"
+        );
+        join.add(&s, judged("q", "b", 0, Verdict::Mismatch, 9), &p0());
+        join.add(&s, judged("q", "b", 1, Verdict::Mismatch, 9), &p0());
+        let Outcome::Decided(d) = join.add(&s, judged("q", "b", 2, Verdict::Match, 9), &p0()) else { panic!() };
         assert!(d.accepted);
         assert_eq!(d.traces[0].completion_tokens, 20, "shortest MATCH of a");
         let mut first = JoinState::default();
         let s = settings(2, Keep::First);
-        first.add(&s, judged("q", "a", 1, Verdict::Match, 1), 0);
-        first.add(&s, judged("q", "a", 0, Verdict::Match, 50), 0);
-        let Outcome::Decided(d) = first.add(&s, judged("q", "b", 0, Verdict::Match, 9), 0) else { panic!() };
+        first.add(&s, judged("q", "a", 1, Verdict::Match, 1), &p0());
+        first.add(&s, judged("q", "a", 0, Verdict::Match, 50), &p0());
+        let Outcome::Decided(d) = first.add(&s, judged("q", "b", 0, Verdict::Match, 9), &p0()) else { panic!() };
         assert_eq!(d.traces[0].completion_tokens, 50, "first attempt of a");
     }
 
     #[test]
-    fn waiting_questions_expire_with_the_missing_teacher_named() {
-        let s = settings(1, Keep::First);
-        let mut join = JoinState::default();
-        join.add(&s, judged("old", "a", 0, Verdict::Match, 1), 1_000);
-        join.add(&s, judged("new", "a", 0, Verdict::Match, 1), 5_000);
-        let expired = join.expire(&s, 2_000);
+    fn waiting_questions_expire_by_the_partitions_event_time_with_the_missing_teacher_named() {
+        let s = settings(1, Keep::First); // expire after 60 s
+        let (mut join, mut clock) = (JoinState::default(), EventClock::default());
+        let add = |join: &mut JoinState, clock: &mut EventClock, j: JudgedSample, wall_ms| {
+            clock.observe(&p0(), j.judged_at_ms, wall_ms);
+            join.add(&s, j, &p0())
+        };
+        add(&mut join, &mut clock, at(judged("old", "a", 0, Verdict::Match, 1), 1_000), 0);
+        add(&mut join, &mut clock, at(judged("new", "a", 0, Verdict::Match, 1), 50_000), 0);
+        assert!(join.expire(&s, &clock, 0).is_empty(), "event time 50 s: nothing is 60 s old");
+        // The stream goes quiet: its time moves on with the wall clock.
+        let expired = join.expire(&s, &clock, 11_000);
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].question_id, "old");
         assert_eq!(expired[0].reason.as_deref(), Some("expired: no verdict from b in time"));
         assert_eq!(
-            join.add(&s, judged("old", "b", 0, Verdict::Match, 1), 9_000),
+            add(&mut join, &mut clock, at(judged("old", "b", 0, Verdict::Match, 1), 52_000), 11_000),
             Outcome::Ignored("question already decided")
         );
+        // A later verdict moves event time past "new"'s deadline.
+        add(&mut join, &mut clock, at(judged("other", "a", 0, Verdict::Match, 1), 200_000), 11_001);
+        let expired = join.expire(&s, &clock, 11_001);
+        assert_eq!(expired.iter().map(|e| e.question_id.as_str()).collect::<Vec<_>>(), ["new"]);
         assert_eq!(join.pending(), 1);
+        assert!(join.expire(&s, &clock, 11_002).is_empty(), "\"other\" is not due");
+        let other = PartitionId { topic: "judged".into(), partition: 1 };
+        join.add(&s, at(judged("elsewhere", "a", 0, Verdict::Match, 1), 0), &other);
+        assert!(join.expire(&s, &clock, 11_002).is_empty(), "partition 1 has seen no time yet");
+    }
+
+    #[test]
+    fn a_replay_of_an_old_experiment_joins_verdicts_far_apart_in_wall_time() {
+        // judged_at_ms a year ago; the verdicts of a question arrive 30 s apart in replay.
+        let s = settings(1, Keep::First);
+        let (mut join, mut clock) = (JoinState::default(), EventClock::default());
+        let year_ago = 1_700_000_000_000;
+        clock.observe(&p0(), year_ago, 0);
+        assert_eq!(join.add(&s, at(judged("q", "a", 0, Verdict::Match, 1), year_ago), &p0()), Outcome::Waiting);
+        assert!(join.expire(&s, &clock, 30_000).is_empty());
+        clock.observe(&p0(), year_ago + 5_000, 30_000);
+        let Outcome::Decided(d) = join.add(&s, at(judged("q", "b", 0, Verdict::Match, 1), year_ago + 5_000), &p0())
+        else {
+            panic!()
+        };
+        assert!(d.accepted);
+    }
+
+    #[test]
+    fn revoked_partitions_are_forgotten() {
+        let s = settings(1, Keep::First);
+        let mut join = JoinState::default();
+        let p1 = PartitionId { topic: "judged".into(), partition: 1 };
+        join.add(&s, judged("q", "a", 0, Verdict::Match, 1), &p0());
+        join.add(&s, judged("r", "a", 0, Verdict::Match, 1), &p1);
+        join.add(&s, judged("r", "b", 0, Verdict::Match, 1), &p1);
+        join.forget(&[p1.clone()]);
+        assert_eq!(join.pending(), 1);
+        assert_eq!(join.add(&s, judged("r", "a", 0, Verdict::Match, 1), &p1), Outcome::Waiting, "decided forgotten");
     }
 }

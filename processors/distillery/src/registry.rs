@@ -8,9 +8,10 @@ use distillery_judge::{Judge, JudgeSettings};
 use distillery_packer::{Packer, PackerSettings};
 use distillery_passthrough::{Passthrough, PassthroughSettings};
 use distillery_runtime::topology::ProcessorTypeSpec;
-use distillery_runtime::{run_processor, PortSpec, Processor, ProcessorRun};
+use distillery_runtime::{run_processor, Processor, ProcessorRun};
 use distillery_sampler::{Sampler, SamplerSettings};
 use distillery_schemas::RecordKind;
+use distillery_trainer::TrainerSettings;
 use std::future::Future;
 
 fn check_feeder(table: &toml::Table) -> Result<(), String> {
@@ -41,21 +42,13 @@ fn check_evaluator(table: &toml::Table) -> Result<(), String> {
     EvaluatorSettings::from_table(table).map(|_| ())
 }
 
-/// Types whose contract (input and output records) is fixed by DESIGN.md but which this
-/// build cannot run yet: their topologies can be checked, not run. Their settings are
-/// checked by their own crates once they exist.
-fn check_later(_: &toml::Table) -> Result<(), String> {
-    Ok(())
-}
-
-const fn port(name: &'static str, kind: RecordKind) -> PortSpec {
-    PortSpec { name, kind }
+fn check_trainer(table: &toml::Table) -> Result<(), String> {
+    TrainerSettings::from_table(table).map(|_| ())
 }
 
 /// Every processor type, runnable or not.
 pub fn processor_types() -> Vec<ProcessorTypeSpec> {
     use RecordKind::*;
-    const TRAINER: &[PortSpec] = &[port("checkpoints", CheckpointEvent), port("metrics", TrainMetrics)];
     vec![
         ProcessorTypeSpec {
             name: "feeder",
@@ -96,8 +89,8 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
         ProcessorTypeSpec {
             name: "trainer",
             input: Some(ShardManifest),
-            outputs: TRAINER,
-            check_settings: check_later,
+            outputs: distillery_trainer::OUTPUTS,
+            check_settings: check_trainer,
         },
         ProcessorTypeSpec {
             name: "evaluator",
@@ -109,7 +102,8 @@ pub fn processor_types() -> Vec<ProcessorTypeSpec> {
 }
 
 /// Types `distillery run` can start in this build.
-pub const RUNNABLE: &[&str] = &["feeder", "passthrough", "sampler", "judge", "agreement", "packer", "evaluator"];
+pub const RUNNABLE: &[&str] =
+    &["feeder", "passthrough", "sampler", "judge", "agreement", "packer", "trainer", "evaluator"];
 
 /// Runs one instance of the topology until it finishes (sources) or `shutdown` resolves.
 pub async fn run_instance(
@@ -148,6 +142,11 @@ pub async fn run_instance(
         "packer" => {
             let settings = PackerSettings::from_table(&instance.settings).map_err(settings_error)?;
             let summary = run_processor(Packer::new(settings).await?, run, shutdown).await?;
+            Ok(format!("{summary:?}"))
+        }
+        "trainer" => {
+            let settings = TrainerSettings::from_table(&instance.settings).map_err(settings_error)?;
+            let summary = distillery_trainer::run(settings, run, shutdown).await?;
             Ok(format!("{summary:?}"))
         }
         "evaluator" => {

@@ -197,5 +197,48 @@ mod tests {
         assert!(parse("os.system('x')").is_err());
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         assert!(parse(&deep).unwrap_err().contains("nested deeper"));
+        let dicts = "{'a': ".repeat(10_000) + "1" + &"}".repeat(10_000);
+        assert!(parse(&dicts).unwrap_err().contains("nested deeper than 64 levels"));
+        let tuples = "(".repeat(10_000);
+        assert!(parse(&tuples).unwrap_err().contains("nested deeper"));
+        assert!(parse("'\\U0011ffff'").unwrap_err().contains("not a character"));
+        assert!(parse("'\\x4'").is_err());
+        assert!(parse("1e999").unwrap().is_null(), "an overflowing float is no number, not a panic");
+        assert!(parse("nan").unwrap().is_null() && parse("-inf").is_err());
+    }
+
+    /// What `repr()` of a metadata dict is made of, in any order.
+    fn literal_like() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            "[{}()\\[\\],:'\" \\\\]".prop_map(|s| s.to_string()),
+            Just("True".to_string()),
+            Just("None".to_string()),
+            Just("'expected_answer'".to_string()),
+            Just("\\x".to_string()),
+            Just("\\u12".to_string()),
+            Just("\\U0010FFFF".to_string()),
+            "-?[0-9]{1,3}(\\.[0-9]+)?(e[+-]?[0-9]{1,4})?".prop_map(|s| s.to_string()),
+            "\\PC{0,3}".prop_map(|s| s.to_string()),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn arbitrary_text_parses_or_says_why(text in "\\PC{0,200}") {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(!e.is_empty());
+            }
+        }
+
+        #[test]
+        fn literal_like_text_parses_or_says_why(text in literal_like()) {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(!e.is_empty());
+            }
+        }
     }
 }

@@ -85,3 +85,73 @@ fn read_parquet(path: &PathBuf, limit: Option<u64>, tx: &mpsc::Sender<RowItem>) 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every item `read_jsonl` sends for a file holding `bytes`.
+    fn read(bytes: &[u8]) -> Vec<(u64, Result<Value, String>, Vec<u8>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.jsonl");
+        std::fs::write(&path, bytes).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let reader = std::thread::spawn(move || read_jsonl(&path, None, &tx).map_err(|e| e.to_string()));
+        let mut rows = Vec::new();
+        while let Some(item) = rx.blocking_recv() {
+            match item {
+                RowItem::Row { index, row, original } => rows.push((index, row, original)),
+                RowItem::Failed(e) => panic!("{e}"),
+            }
+        }
+        reader.join().unwrap().unwrap();
+        rows
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_row_error_that_keeps_the_original_bytes() {
+        let bytes = b"{\"a\": 1}\n{\"a\": \"\xff\xfe caf\xe9\"}\n\n{\"a\": 3}\n";
+        let rows = read(bytes);
+        assert_eq!(rows.len(), 3, "the blank line is skipped");
+        assert_eq!(rows[0].1.as_ref().unwrap()["a"], 1);
+        let err = rows[1].1.as_ref().unwrap_err();
+        assert!(err.starts_with("line is not UTF-8: invalid utf-8 sequence"), "{err}");
+        assert_eq!(rows[1].2, b"{\"a\": \"\xff\xfe caf\xe9\"}\n", "the dead letter gets the bytes as they were");
+        assert_eq!((rows[2].0, rows[2].1.as_ref().unwrap()["a"].as_i64()), (2, Some(3)));
+    }
+
+    #[test]
+    fn a_line_nested_beyond_serde_json_s_limit_is_a_row_error() {
+        let deep = format!("{}{}\n{{\"a\": 2}}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let rows = read(deep.as_bytes());
+        assert!(rows[0].1.as_ref().unwrap_err().starts_with("line is not JSON: recursion limit exceeded"));
+        assert_eq!(rows[1].1.as_ref().unwrap()["a"], 2);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, failure_persistence: None, ..Default::default() })]
+
+        /// Arbitrary bytes: every non-blank line is one row or one reason, and the originals
+        /// are the file's bytes.
+        #[test]
+        fn arbitrary_bytes_become_rows_or_reasons(lines in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..8)) {
+            let mut bytes = Vec::new();
+            for line in &lines {
+                bytes.extend(line.iter().filter(|b| **b != b'\n'));
+                bytes.push(b'\n');
+            }
+            let rows = read(&bytes);
+            let mut seen = Vec::new();
+            for (i, (index, row, original)) in rows.iter().enumerate() {
+                proptest::prop_assert_eq!(*index, i as u64);
+                if let Err(e) = row {
+                    proptest::prop_assert!(!e.is_empty());
+                }
+                seen.extend_from_slice(original);
+            }
+            let blank = |l: &[u8]| std::str::from_utf8(l).is_ok_and(|t| t.trim().is_empty());
+            let expected: Vec<u8> = bytes.split_inclusive(|b| *b == b'\n').filter(|l| !blank(l)).flatten().copied().collect();
+            proptest::prop_assert_eq!(seen, expected);
+        }
+    }
+}

@@ -195,6 +195,89 @@ mod tests {
         assert_eq!(question_from_row(&json!([1]), &file(RowFormat::Aime), 0).unwrap_err(), "row is not an object");
     }
 
+    const FORMATS: [RowFormat; 5] =
+        [RowFormat::Nemotron, RowFormat::Gsm8k, RowFormat::Math500, RowFormat::Aime, RowFormat::Fields];
+
+    /// Every format tried on a row: a question or a reason, never a panic.
+    fn every_format(row: &Value) {
+        for format in FORMATS {
+            if let Err(e) = question_from_row(row, &file(format), 0) {
+                assert!(!e.is_empty());
+            }
+        }
+    }
+
+    /// JSON values whose keys are the ones the formats look for, holding anything.
+    fn row_like() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            "\\PC{0,20}".prop_map(Value::String),
+            Just(json!("{'expected_answer': '5'}")),
+            Just(json!("Work\n#### 1,000")),
+        ];
+        let value = leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("(role|content|user|[a-z]{1,3})", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        let key = prop_oneof![
+            Just("uuid"),
+            Just("messages"),
+            Just("metadata"),
+            Just("question"),
+            Just("answer"),
+            Just("problem"),
+            Just("id"),
+            Just("unique_id"),
+            Just("category"),
+        ]
+        .prop_map(str::to_string);
+        prop_oneof![
+            proptest::collection::btree_map(key, value.clone(), 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            value,
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn arbitrary_lines_become_questions_or_reasons(line in "\\PC{0,120}") {
+            if let Ok(row) = serde_json::from_str::<Value>(&line) {
+                every_format(&row);
+            }
+            every_format(&json!({"uuid": "u", "messages": [{"role": "user", "content": "p"}], "metadata": line}));
+            every_format(&json!({"question": "q", "answer": line, "problem": line}));
+        }
+
+        #[test]
+        fn arbitrary_rows_become_questions_or_reasons(row in row_like()) {
+            every_format(&row);
+        }
+    }
+
+    #[test]
+    fn hostile_metadata_is_a_reason() {
+        let row = |meta: String| json!({"uuid": "u", "messages": [{"role": "user", "content": "p"}], "metadata": meta});
+        let deep = "{'a': ".repeat(10_000) + "1" + &"}".repeat(10_000);
+        let err = question_from_row(&row(deep), &file(RowFormat::Nemotron), 0).unwrap_err();
+        assert!(err.starts_with("metadata is neither JSON nor a Python literal: nested deeper"), "{err}");
+        let huge = format!("{{'expected_answer': '{}'}}", "9".repeat(1_000_000));
+        assert_eq!(
+            question_from_row(&row(huge), &file(RowFormat::Nemotron), 0).unwrap().expected_answer.len(),
+            1_000_000
+        );
+        let nan = json!({"problem": "p", "answer": f64::NAN});
+        assert_eq!(question_from_row(&nan, &file(RowFormat::Aime), 0).unwrap_err(), "row has no expected answer");
+    }
+
     #[test]
     fn aime_integer_answers_and_configured_fields() {
         let q =

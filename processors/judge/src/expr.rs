@@ -8,6 +8,11 @@ use std::collections::BTreeSet;
 
 const MAX_DEPTH: usize = 100;
 
+/// Longer expressions are refused. Nesting depth alone does not bound the tree: a flat chain
+/// `1+1+1+...` or `xxxx...` parses into a left-deep tree as deep as it is long, and evaluating
+/// or dropping a tree of 100,000 nodes overflowed the stack. No real answer comes near this.
+pub const MAX_EXPRESSION_TOKENS: usize = 1_000;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     Num(f64),
@@ -50,6 +55,9 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
     let mut tokens = Vec::new();
     let mut i = 0;
     while i < chars.len() {
+        if tokens.len() > MAX_EXPRESSION_TOKENS {
+            return Err(format!("expression has more than {MAX_EXPRESSION_TOKENS} tokens"));
+        }
         let c = chars[i];
         match c {
             ' ' => i += 1,
@@ -99,6 +107,9 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
             }
             other => return Err(format!("unexpected '{other}'")),
         }
+    }
+    if tokens.len() > MAX_EXPRESSION_TOKENS {
+        return Err(format!("expression has more than {MAX_EXPRESSION_TOKENS} tokens"));
     }
     Ok(tokens)
 }
@@ -328,7 +339,12 @@ impl Expr {
 /// Equal as answers: integers exactly (1450001 is not 1450000), other values within a
 /// relative 1e-9, which absorbs floating-point error (2\sqrt{3} against \sqrt{12}) but not a
 /// rounded decimal (0.333 is not 1/3).
+/// NaN and infinities are never close to anything: `inf - 1` is `inf`, which the relative
+/// bound (also `inf`) would have accepted.
 pub fn close(a: f64, b: f64) -> bool {
+    if !a.is_finite() || !b.is_finite() {
+        return false;
+    }
     let integral = |x: f64| (x - x.round()).abs() < 1e-9;
     if integral(a) && integral(b) {
         return a.round() == b.round();
@@ -375,7 +391,9 @@ mod tests {
         assert!(parse("(1+2").is_err());
         assert!(parse("1+").is_err());
         assert!(parse("\\begin{pmatrix}").is_err());
-        let deep = "(".repeat(10_000) + "1" + &")".repeat(10_000);
+        let deep = "(".repeat(200) + "1" + &")".repeat(200);
         assert!(parse(&deep).unwrap_err().contains("nested deeper"));
+        let deeper = "(".repeat(10_000) + "1" + &")".repeat(10_000);
+        assert!(parse(&deeper).unwrap_err().contains("more than 1000 tokens"));
     }
 }

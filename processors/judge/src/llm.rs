@@ -13,8 +13,9 @@ pub fn judge_message(expected: &str, answer: &str) -> String {
 /// it is not the tail of a MISMATCH.
 pub fn parse_verdict(reply: &str) -> Option<Verdict> {
     let last_mismatch = reply.rfind("MISMATCH");
-    let last_match =
-        reply.match_indices("MATCH").map(|(i, _)| i).filter(|&i| !(i >= 3 && &reply[i - 3..i] == "MIS")).last();
+    // `ends_with` on the text before the match, not a byte slice `[i - 3..i]`: that slice
+    // panicked when a multi-byte character sat there ("€xxMATCH").
+    let last_match = reply.match_indices("MATCH").map(|(i, _)| i).filter(|&i| !reply[..i].ends_with("MIS")).last();
     match (last_match, last_mismatch) {
         (Some(m), Some(x)) => Some(if m > x { Verdict::Match } else { Verdict::Mismatch }),
         (Some(_), None) => Some(Verdict::Match),

@@ -37,8 +37,39 @@ pub fn verify(answer_text: Option<&str>, expected: &str) -> RuleDecision {
     RuleDecision { verdict, extracted: Some(extracted.answer), rule: format!("{} ({})", rule, extracted.from) }
 }
 
+/// Final answers longer than this are not compared by rule (the LLM judge gets them): no real
+/// final answer is this long, and normalising one takes time that grows faster than its length.
+pub const MAX_RULE_ANSWER_BYTES: usize = 10_000;
+const TOO_LONG: &str = "answer longer than 10000 bytes (MAX_RULE_ANSWER_BYTES)";
+
+/// Element comparisons one pair of answers may take. Tuples and sets nest, and a set compares
+/// every element with every other, so hostile nesting could otherwise take time quadratic in
+/// its size at every level.
+const MAX_COMPARISONS: usize = 10_000;
+
+/// Lists nested deeper than this are not compared element by element. Each level recursed
+/// into `compare`, so 10,000 nested brackets on both sides exhausted the stack.
+const MAX_LIST_DEPTH: usize = 16;
+
 /// Compares two final answers.
 pub fn compare(predicted: &str, expected: &str) -> (RuleVerdict, &'static str) {
+    if predicted.len() > MAX_RULE_ANSWER_BYTES || expected.len() > MAX_RULE_ANSWER_BYTES {
+        return (RuleVerdict::Unsure, TOO_LONG);
+    }
+    compare_within(predicted, expected, 0, &mut 0)
+}
+
+/// [`compare`] at a list nesting `depth`, counting element `comparisons` made so far.
+fn compare_within(
+    predicted: &str,
+    expected: &str,
+    depth: usize,
+    comparisons: &mut usize,
+) -> (RuleVerdict, &'static str) {
+    *comparisons += 1;
+    if *comparisons > MAX_COMPARISONS {
+        return (RuleVerdict::Unsure, "too many elements to compare");
+    }
     let (p, e) = (normalize(predicted), normalize(expected));
     if p == e {
         return (RuleVerdict::Match, "equal after normalisation");
@@ -54,7 +85,10 @@ pub fn compare(predicted: &str, expected: &str) -> (RuleVerdict, &'static str) {
         };
     }
     if let (Some(pl), Some(el)) = (bracketed(&p), bracketed(&e)) {
-        return compare_lists(&pl, &el);
+        if depth >= MAX_LIST_DEPTH {
+            return (RuleVerdict::Unsure, "lists nested too deep");
+        }
+        return compare_lists(&pl, &el, depth, comparisons);
     }
     if has_words(&p) || has_words(&e) {
         // "Monday", "yes": letters here are words, not variables.
@@ -148,7 +182,7 @@ fn bracketed(s: &str) -> Option<List> {
     (items.len() > 1 || !open.is_empty()).then_some(List { open, close, items })
 }
 
-fn compare_lists(p: &List, e: &List) -> (RuleVerdict, &'static str) {
+fn compare_lists(p: &List, e: &List, depth: usize, comparisons: &mut usize) -> (RuleVerdict, &'static str) {
     if p.items.len() != e.items.len() {
         return (RuleVerdict::Mismatch, "different number of elements");
     }
@@ -157,7 +191,7 @@ fn compare_lists(p: &List, e: &List) -> (RuleVerdict, &'static str) {
         // (1,2] against [1,2]: different intervals.
         return (RuleVerdict::Mismatch, "different brackets");
     }
-    let element = |a: &str, b: &str| compare(a, b).0;
+    let mut element = |a: &str, b: &str| compare_within(a, b, depth + 1, comparisons).0;
     if is_set {
         // Order does not matter in a set: every element must match a distinct one.
         let mut unused: Vec<&String> = e.items.iter().collect();
@@ -243,6 +277,13 @@ mod tests {
     fn what_rules_cannot_decide_is_unsure() {
         assert_eq!(v("\\text{Monday}", "\\text{Tuesday}"), Unsure);
         assert_eq!(v("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1\\\\3\\end{pmatrix}"), Unsure);
+    }
+
+    #[test]
+    fn the_length_limit_is_named_in_its_rule() {
+        assert!(TOO_LONG.contains(&MAX_RULE_ANSWER_BYTES.to_string()));
+        let long = "1".repeat(MAX_RULE_ANSWER_BYTES + 1);
+        assert_eq!(compare(&long, "1"), (Unsure, TOO_LONG));
     }
 
     #[test]

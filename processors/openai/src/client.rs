@@ -142,6 +142,20 @@ impl LlmError {
     fn retryable(message: String) -> LlmError {
         LlmError::Retryable { message, retry_after: None, overloaded: false }
     }
+
+    /// The same error with every occurrence of `secret` in its message replaced.
+    fn redacted(self, secret: &str) -> LlmError {
+        if secret.is_empty() {
+            return self;
+        }
+        let clean = |message: String| message.replace(secret, "[redacted]");
+        match self {
+            LlmError::Retryable { message, retry_after, overloaded } => {
+                LlmError::Retryable { message: clean(message), retry_after, overloaded }
+            }
+            LlmError::Permanent(message) => LlmError::Permanent(clean(message)),
+        }
+    }
 }
 
 pub struct ChatClient {
@@ -232,7 +246,13 @@ impl ChatClient {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let outcome = self.exchange(request, endpoint).await;
+        let mut outcome = self.exchange(request, endpoint).await;
+        if let Some(key) = &self.api_key {
+            // Error messages quote the server's reply (and the endpoint URL); a proxy that
+            // echoes the request's Authorization header would otherwise put the key into logs
+            // and dead letters.
+            outcome = outcome.map_err(|e| e.redacted(key));
+        }
         let latency = started.elapsed();
         let label = match &outcome {
             Ok(_) => {
@@ -256,7 +276,8 @@ impl ChatClient {
 
     async fn exchange(&self, request: reqwest::RequestBuilder, endpoint: &str) -> Result<Completion, LlmError> {
         // Transport failures (refused, reset, timeout) are worth another attempt. reqwest's
-        // errors name the URL, never the headers, so the key cannot leak through them.
+        // errors name the URL, never the headers; `attempt` redacts the key from every message
+        // all the same.
         let mut response =
             request.send().await.map_err(|e| LlmError::retryable(format!("{endpoint}: request failed: {e}")))?;
         let status = response.status();

@@ -118,3 +118,32 @@ async fn retry_after_is_honoured() {
     assert!(told_to_wait > 0, "the seed injects at least one 429");
     assert!(started.elapsed().as_secs_f64() >= told_to_wait as f64, "each 429 waited its Retry-After of 1 s");
 }
+
+#[tokio::test]
+async fn a_server_that_echoes_the_key_never_gets_it_into_an_error() {
+    let key = "sk-planted-SECRET-echo-123";
+    let server = LlmServer::start(ServerConfig {
+        api_key: Some(key.into()),
+        echo_credentials_problems: vec!["ECHO".into()],
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    std::env::set_var("DISTILLERY_TEST_ECHO_KEY", key);
+    let mut s = settings(vec![server.base_url()]);
+    s.api_key_env = Some("DISTILLERY_TEST_ECHO_KEY".into());
+    assert!(!format!("{s:?}").contains(key), "settings hold the variable's name, not the key");
+    let client = ChatClient::new("t", s).unwrap();
+    assert!(!format!("{client:?}").contains(key));
+    // The key is sent: the server answers.
+    client.complete(&request("What is 1 + 1?")).await.unwrap();
+    // The server quotes the Authorization header back in a 400: redacted.
+    let err = client.complete(&request("please ECHO")).await.unwrap_err().to_string();
+    assert!(err.contains("HTTP 400") && err.contains("Bearer [redacted]"), "{err}");
+    assert!(!err.contains(key) && !err.contains("SECRET"), "{err}");
+    // Without the key: a permanent 401 that does not name one either.
+    let anonymous = ChatClient::new("t", settings(vec![server.base_url()])).unwrap();
+    let err = anonymous.complete(&request("What is 1 + 1?")).await.unwrap_err().to_string();
+    assert!(err.contains("401") && !err.contains(key), "{err}");
+    assert_eq!(server.stats.unauthorized.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

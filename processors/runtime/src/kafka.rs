@@ -1,7 +1,7 @@
 //! Construction of every Kafka client the project uses, and nothing else: the one place that
 //! decides librdkafka settings (rust-rdkafka's `create_consumer`/`create_producer` habit).
 
-use crate::settings::KafkaSettings;
+use crate::settings::{KafkaSettings, RuntimeSettings};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -86,9 +86,10 @@ impl Connection {
     pub fn consumer<C: ConsumerContext + 'static>(
         &self,
         group_id: &str,
-        session_timeout_ms: u64,
+        runtime: &RuntimeSettings,
         context: C,
     ) -> Result<rdkafka::consumer::StreamConsumer<C>, rdkafka::error::KafkaError> {
+        let session_timeout_ms = runtime.session_timeout_ms;
         let mut config = self.base();
         config
             .set("group.id", group_id)
@@ -97,6 +98,10 @@ impl Connection {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (session_timeout_ms / 4).max(100).to_string())
+            // The runner does not poll while all its in-flight slots are busy (records stay
+            // bounded by max_in_flight); librdkafka's 5-minute default would evict a replica
+            // whose records take longer (see RuntimeSettings::max_poll_interval_ms).
+            .set("max.poll.interval.ms", runtime.max_poll_interval_ms.to_string())
             .set("fetch.message.max.bytes", (4 * 1024 * 1024).to_string())
             // Periodic statistics feed the consumer-lag gauge.
             .set("statistics.interval.ms", "5000");

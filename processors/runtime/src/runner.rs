@@ -271,7 +271,7 @@ pub async fn run_processor<P: Processor>(
         transactional: exactly_once.then(|| producer.clone()),
     });
     let consumer: StreamConsumer<RuntimeContext> =
-        run.connection.consumer(&group, settings.session_timeout_ms, RuntimeContext { shared: shared.clone() })?;
+        run.connection.consumer(&group, &settings, RuntimeContext { shared: shared.clone() })?;
     let topic_refs: Vec<&str> = input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     tracing::info!(processor = %run.name, replica = %run.replica, group = %group, inputs = ?input_topics, "started");
@@ -321,6 +321,8 @@ pub async fn run_processor<P: Processor>(
                     }
                 }
             }
+            // Not polled while every slot is busy: the consumer's max.poll.interval.ms
+            // (`max_poll_interval_ms`, 30 min by default) must outlast the slowest record.
             message = consumer.recv(), if permits.available_permits() > 0 => {
                 let message = match message {
                     Ok(message) => message.detach(),

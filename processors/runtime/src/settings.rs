@@ -94,6 +94,16 @@ pub struct RuntimeSettings {
     /// get evicted.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// Longest time a replica may go without asking the consumer for a record before the
+    /// group evicts it (librdkafka's `max.poll.interval.ms`, default there 5 minutes). The
+    /// runner stops asking while all `max_in_flight` slots are busy, so this must exceed the
+    /// slowest record: an evaluator scoring a checkpoint, a judge behind a slow server. An
+    /// evicted replica loses its partitions and abandons its records, which its successor
+    /// starts over, so too low a value can keep a slow stage from ever finishing. The price of
+    /// a high value: a rebalance (a replica joining or leaving) waits until every busy
+    /// replica frees a slot, at most this long. Default 30 minutes.
+    #[serde(default = "default_max_poll_interval_ms")]
+    pub max_poll_interval_ms: u64,
     /// How often the processor's `on_tick` runs (expiries of pending joins).
     #[serde(default = "default_tick_interval_ms")]
     pub tick_interval_ms: u64,
@@ -123,6 +133,9 @@ fn default_dedup_window() -> usize {
 fn default_session_timeout_ms() -> u64 {
     10_000
 }
+fn default_max_poll_interval_ms() -> u64 {
+    30 * 60 * 1000
+}
 fn default_tick_interval_ms() -> u64 {
     1_000
 }
@@ -138,6 +151,7 @@ impl Default for RuntimeSettings {
             retry_max_delay_ms: default_retry_max_delay_ms(),
             dedup_window: default_dedup_window(),
             session_timeout_ms: default_session_timeout_ms(),
+            max_poll_interval_ms: default_max_poll_interval_ms(),
             tick_interval_ms: default_tick_interval_ms(),
         }
     }
@@ -153,6 +167,10 @@ impl RuntimeSettings {
         }
         if self.tick_interval_ms == 0 {
             return Err("tick_interval_ms must be at least 1".into());
+        }
+        // librdkafka refuses a consumer whose poll interval is below its session timeout.
+        if self.max_poll_interval_ms < self.session_timeout_ms {
+            return Err("max_poll_interval_ms must be at least session_timeout_ms".into());
         }
         if self.retry_min_delay_ms > self.retry_max_delay_ms {
             return Err("retry_min_delay_ms must not exceed retry_max_delay_ms".into());
@@ -190,6 +208,15 @@ mod tests {
             toml::from_str(r#"properties = { "sasl.password" = "env:DISTILLERY_NOT_SET_ANYWHERE" }"#).unwrap();
         let err = missing.resolved_properties().unwrap_err();
         assert!(err.contains("DISTILLERY_NOT_SET_ANYWHERE") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn the_poll_interval_outlasts_slow_records_and_not_below_the_session_timeout() {
+        let defaults: RuntimeSettings = toml::from_str("").unwrap();
+        assert_eq!(defaults.max_poll_interval_ms, 30 * 60 * 1000);
+        assert!(defaults.check().is_ok());
+        let low: RuntimeSettings = toml::from_str("session_timeout_ms = 10000\nmax_poll_interval_ms = 5000").unwrap();
+        assert!(low.check().unwrap_err().contains("max_poll_interval_ms"));
     }
 
     #[test]

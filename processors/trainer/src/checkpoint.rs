@@ -66,7 +66,6 @@ pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> anyhow::Result<V
     Ok(safetensors::tensor::serialize(views, Some(metadata))?)
 }
 
-
 /// Named tensors from safetensors bytes (f32, f64, bf16, f16).
 pub fn tensors_from_safetensors(bytes: &[u8], device: &Device) -> anyhow::Result<BTreeMap<String, Tensor>> {
     let file = SafeTensors::deserialize(bytes)?;
@@ -122,9 +121,9 @@ pub async fn load_model_folder(uri: &str, device: &Device) -> anyhow::Result<(Mo
     let tensors = match get_bytes(&join(uri, "model.safetensors")).await {
         Ok(bytes) => tensors_from_safetensors(&bytes, device)?,
         Err(single) => {
-            let index = get_bytes(&join(uri, "model.safetensors.index.json"))
-                .await
-                .map_err(|e| anyhow::anyhow!("{uri} has neither model.safetensors ({single:#}) nor an index ({e:#})"))?;
+            let index = get_bytes(&join(uri, "model.safetensors.index.json")).await.map_err(|e| {
+                anyhow::anyhow!("{uri} has neither model.safetensors ({single:#}) nor an index ({e:#})")
+            })?;
             let index: serde_json::Value = serde_json::from_slice(&index)?;
             let files: std::collections::BTreeSet<&str> = index["weight_map"]
                 .as_object()

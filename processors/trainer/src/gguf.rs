@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 /// Config and f32 weights of a GGUF Llama-architecture model.
 pub fn load_gguf(path: &std::path::Path, device: &Device) -> anyhow::Result<(ModelConfig, BTreeMap<String, Tensor>)> {
     let mut file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    let content = Content::read(&mut file).map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
+    let content =
+        Content::read(&mut file).map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
     let config = gguf_config(&content)?;
     let mut tensors = BTreeMap::new();
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
@@ -53,7 +54,9 @@ fn gguf_config(content: &Content) -> anyhow::Result<ModelConfig> {
         intermediate_size: int("llama.feed_forward_length")?,
         num_hidden_layers: int("llama.block_count")?,
         num_attention_heads: heads,
-        num_key_value_heads: Some(meta.get("llama.attention.head_count_kv").map_or(Ok(heads as u32), |v| v.to_u32())? as usize),
+        num_key_value_heads: Some(
+            meta.get("llama.attention.head_count_kv").map_or(Ok(heads as u32), |v| v.to_u32())? as usize
+        ),
         head_dim: None,
         rms_norm_eps: float("llama.attention.layer_norm_rms_epsilon", 1e-5),
         rope_theta: float("llama.rope.freq_base", 10_000.0),

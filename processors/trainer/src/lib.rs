@@ -13,7 +13,7 @@ pub mod optim;
 pub mod schedule;
 pub mod train;
 
+pub use config::TrainerSettings;
 pub use model::{KvCache, PackedRow, Student};
 pub use model_config::ModelConfig;
-pub use config::TrainerSettings;
 pub use train::{run, TrainSummary, OUTPUTS};

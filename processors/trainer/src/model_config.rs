@@ -63,8 +63,8 @@ fn default_torch_dtype() -> String {
 
 impl ModelConfig {
     pub fn from_json(bytes: &[u8]) -> anyhow::Result<ModelConfig> {
-        let config: ModelConfig =
-            serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("config.json is not a Llama/Mistral config: {e}"))?;
+        let config: ModelConfig = serde_json::from_slice(bytes)
+            .map_err(|e| anyhow::anyhow!("config.json is not a Llama/Mistral config: {e}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -106,7 +106,10 @@ impl ModelConfig {
             self.kv_heads()
         );
         anyhow::ensure!(self.head_dim() % 2 == 0, "head_dim must be even for rotary embeddings");
-        anyhow::ensure!(self.vocab_size > 0 && self.num_hidden_layers > 0, "vocab_size and num_hidden_layers must be > 0");
+        anyhow::ensure!(
+            self.vocab_size > 0 && self.num_hidden_layers > 0,
+            "vocab_size and num_hidden_layers must be > 0"
+        );
         Ok(())
     }
 

@@ -73,12 +73,7 @@ impl AdamW {
 
     /// Applies one update from accumulated gradients; returns the gradient norm before clipping.
     /// A parameter without a gradient is an error: it would mean the graph was cut.
-    pub fn step(
-        &mut self,
-        params: &BTreeMap<String, Var>,
-        grads: GradAccumulator,
-        lr: f64,
-    ) -> anyhow::Result<f64> {
+    pub fn step(&mut self, params: &BTreeMap<String, Var>, grads: GradAccumulator, lr: f64) -> anyhow::Result<f64> {
         let mut grads = grads.sums;
         let mut squared = 0f64;
         for (name, _) in params {
@@ -127,7 +122,12 @@ impl AdamW {
     }
 
     /// Restores moments saved by [`AdamW::state_tensors`].
-    pub fn restore(&mut self, steps: u64, mut tensors: BTreeMap<String, Tensor>, params: &BTreeMap<String, Var>) -> anyhow::Result<()> {
+    pub fn restore(
+        &mut self,
+        steps: u64,
+        mut tensors: BTreeMap<String, Tensor>,
+        params: &BTreeMap<String, Var>,
+    ) -> anyhow::Result<()> {
         self.steps = steps;
         if steps == 0 {
             return Ok(());

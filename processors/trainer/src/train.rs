@@ -56,9 +56,15 @@ struct QueuedRow {
 
 /// What the shard feed hands to the training loop, in topic order.
 enum Feed {
-    Shard { offset: i64, id: String, rows: Vec<PackedRow> },
+    Shard {
+        offset: i64,
+        id: String,
+        rows: Vec<PackedRow>,
+    },
     /// An offset whose record could not be used (dead-lettered); the position moves past it.
-    Skipped { offset: i64 },
+    Skipped {
+        offset: i64,
+    },
     /// No new shard for `stop_when_idle_secs`.
     Idle,
 }
@@ -364,7 +370,8 @@ fn open_device(name: &str) -> anyhow::Result<Device> {
 /// after their upload completed, so the newest is complete).
 async fn latest_checkpoint(run: &ProcessorRun, topic: &str, run_id: &str) -> anyhow::Result<Option<CheckpointEvent>> {
     let (connection, topic) = (run.connection.clone(), topic.to_string());
-    let records = tokio::task::spawn_blocking(move || read_to_end(&connection, &topic, Duration::from_secs(60))).await??;
+    let records =
+        tokio::task::spawn_blocking(move || read_to_end(&connection, &topic, Duration::from_secs(60))).await??;
     Ok(records
         .iter()
         .filter_map(|r| decode::<CheckpointEvent>(&r.payload).ok())

@@ -38,7 +38,13 @@ fn smollm2_from_gguf_answers_and_round_trips_through_safetensors() {
     let Some(path) = gguf_path() else { return };
     let (config, weights) = distillery_trainer::gguf::load_gguf(&path, &Device::Cpu).unwrap();
     assert_eq!(
-        (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.kv_heads()),
+        (
+            config.vocab_size,
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.kv_heads()
+        ),
         (49152, 576, 30, 9, 3)
     );
     assert!(config.tie_word_embeddings);
@@ -67,9 +73,13 @@ fn smollm2_from_gguf_answers_and_round_trips_through_safetensors() {
     let names: Vec<String> = student.tensors().keys().cloned().collect();
     assert!(names.contains(&"model.layers.29.self_attn.q_proj.weight".to_string()));
     assert!(names.contains(&"model.embed_tokens.weight".to_string()));
-    let reloaded =
-        Student::from_tensors(config, tensors_from_safetensors(&bytes, &Device::Cpu).unwrap(), DType::F32, &Device::Cpu)
-            .unwrap();
+    let reloaded = Student::from_tensors(
+        config,
+        tensors_from_safetensors(&bytes, &Device::Cpu).unwrap(),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let again = reloaded.forward_cached(&ids, &mut KvCache::default()).unwrap();
     let original = student.forward_cached(&ids, &mut KvCache::default()).unwrap();
     assert_eq!(again.to_vec1::<f32>().unwrap(), original.to_vec1::<f32>().unwrap());

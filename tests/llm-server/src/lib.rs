@@ -11,7 +11,9 @@
 //! differ between samples of one problem: the request's `seed` picks one (None: a truncated
 //! generation), so a test knows which sample got which answer whatever the request order. Asked as a judge (a user message with `<CORRECT_ANSWER>`
 //! and `<GENERATED_ANSWER>`), it replies MATCH when the generated answer contains the correct
-//! one, else MISMATCH.
+//! one, else MISMATCH. With [`ServerConfig::api_key`] it refuses requests without that bearer
+//! token (401), and [`ServerConfig::echo_credentials_problems`] makes it quote the request's
+//! Authorization header back in an error, as a misconfigured proxy might.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -105,6 +107,11 @@ pub struct ServerConfig {
     /// Seconds in the Retry-After header of 429, 500 and 503 answers.
     pub retry_after_secs: u64,
     pub seed: u64,
+    /// The API key the server requires (`Authorization: Bearer KEY`); other requests get 401.
+    pub api_key: Option<String>,
+    /// Problems whose request gets a 400 error quoting the request's Authorization header,
+    /// as a misconfigured proxy might (for tests that the client never repeats a key).
+    pub echo_credentials_problems: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +129,8 @@ impl Default for ServerConfig {
             empty_problems: Vec::new(),
             retry_after_secs: 1,
             seed: 7,
+            api_key: None,
+            echo_credentials_problems: Vec::new(),
         }
     }
 }
@@ -133,6 +142,8 @@ pub struct Stats {
     pub answered: AtomicU64,
     faults: Mutex<HashMap<Fault, u64>>,
     pub styles: Mutex<HashMap<String, u64>>,
+    /// Requests refused for a missing or wrong API key.
+    pub unauthorized: AtomicU64,
     /// Every request body received, for tests that check what was sent.
     pub bodies: Mutex<Vec<Value>>,
 }
@@ -241,23 +252,39 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Reply {
     }
     let path = request.uri().path().to_string();
     let method = request.method().clone();
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if let Some(key) = &shared.config.api_key {
+        if authorization != format!("Bearer {key}") {
+            shared.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+            return reply(StatusCode::UNAUTHORIZED, json!({"error": {"message": "invalid API key"}}).to_string());
+        }
+    }
     match (method.as_str(), path.as_str()) {
         ("GET", "/v1/models") => reply(
             StatusCode::OK,
             json!({"object": "list", "data": [{"id": "test-model", "object": "model"}]}).to_string(),
         ),
-        ("POST", "/v1/chat/completions") => chat(&shared, &body).await,
+        ("POST", "/v1/chat/completions") => chat(&shared, &body, &authorization).await,
         _ => {
             reply(StatusCode::NOT_FOUND, json!({"error": {"message": format!("no route {method} {path}")}}).to_string())
         }
     }
 }
 
-async fn chat(shared: &Shared, body: &[u8]) -> Reply {
+async fn chat(shared: &Shared, body: &[u8], authorization: &str) -> Reply {
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return reply(StatusCode::BAD_REQUEST, json!({"error": {"message": "body is not JSON"}}).to_string());
     };
+    let problem = problem_of(&request);
+    if shared.config.echo_credentials_problems.iter().any(|p| problem.contains(p.as_str())) {
+        let message = format!("bad request; you sent Authorization: {authorization}");
+        return reply(StatusCode::BAD_REQUEST, json!({"error": {"message": message}}).to_string());
+    }
     if shared.keep_bodies.load(Ordering::Relaxed) {
         shared.stats.bodies.lock().unwrap().push(request.clone());
     }
