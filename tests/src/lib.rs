@@ -120,9 +120,10 @@ impl Cluster {
             .arg(&self.topology_path)
             .args(["--bootstrap-servers", &self.broker.bootstrap_servers(), "--replica", replica])
             .args(extra)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info,rdkafka=warn")
             .env("NO_COLOR", "1")
+            // After the defaults, so a test can raise the log level.
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -45,8 +45,9 @@ enum Command {
         /// Replica label for logs, headers and transactional ids (default: host-pid).
         #[arg(long)]
         replica: Option<String>,
-        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9898).
-        #[arg(long, env = "DISTILLERY_METRICS_ADDR")]
+        /// Serve Prometheus metrics: a bare port (9898) binds 127.0.0.1; HOST:PORT binds
+        /// there (0.0.0.0:9898 to let other machines scrape). No listener unless given.
+        #[arg(long, env = "DISTILLERY_METRICS_ADDR", value_parser = telemetry::parse_metrics_addr)]
         metrics_addr: Option<SocketAddr>,
     },
     /// Topology files: create their topics, or check them.

@@ -67,11 +67,14 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         println!("{name:<24} {summary}");
     }
     // Done when every consumer group has committed everything on its inputs.
+    // Upstream of the trainers: done when every consumer group has no lag and every packer
+    // shipped every agreed question.
+    let is_upstream = |kind: &str| !matches!(kind, "trainer" | "evaluator");
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let mut lag = 0;
         for (name, instance) in &topology.processors {
-            if instance.inputs.is_empty() {
+            if instance.inputs.is_empty() || !is_upstream(&instance.kind) {
                 continue;
             }
             let topics: Vec<String> = instance.inputs.iter().map(|t| topology.topic_name(t)).collect();
@@ -122,8 +125,31 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+    // Trainers stop by themselves once their shards stop coming (`stop_when_idle_secs`),
+    // after a final checkpoint; the evaluator is done when it has evaluated every checkpoint.
+    let (trainers, others): (Vec<_>, Vec<_>) =
+        consumers.into_iter().partition(|(name, _)| topology.processors[name].kind == "trainer");
+    for (name, task) in trainers {
+        let summary = task.await??;
+        println!("{name:<24} {summary}");
+    }
+    for (name, instance) in &topology.processors {
+        if instance.kind != "evaluator" {
+            continue;
+        }
+        let topics: Vec<String> = instance.inputs.iter().map(|t| topology.topic_name(t)).collect();
+        loop {
+            let (connection, group, topics) = (connection.clone(), topology.group_id(name), topics.clone());
+            let lag = tokio::task::spawn_blocking(move || group_lag(&connection, &group, &topics)).await??;
+            if lag == 0 {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "evaluator {name} still has {lag} checkpoints to evaluate");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     let _ = stop_tx.send(true);
-    for (name, task) in consumers {
+    for (name, task) in others {
         let summary = task.await??;
         println!("{name:<24} {summary}");
     }
@@ -152,6 +178,20 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             println!("  {count:>5}  {reason}");
         }
     }
+    let report = distillery_evaluator::report::read_topics(&connection, &topology, &topology.experiment).await?;
+    let report_path = distillery_evaluator::report::write_report(&report, &args.work_dir.join("report"))?;
+    let checkpoint_stores: std::collections::BTreeSet<&str> = topology
+        .processors
+        .values()
+        .filter_map(|instance| instance.settings.get("checkpoint_store").and_then(|v| v.as_str()))
+        .collect();
+    println!(
+        "\nreport: {} ({} eval results, {} training steps); checkpoints under {}",
+        report_path.display(),
+        report.evals.len(),
+        report.metrics.len(),
+        checkpoint_stores.into_iter().collect::<Vec<_>>().join(", ")
+    );
     drop(broker);
     println!(
         "\ndone in {:.1}s; broker store and log in {} (run again: nothing is published twice)",

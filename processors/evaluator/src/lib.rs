@@ -23,6 +23,7 @@
 pub mod benchmark;
 pub mod config;
 pub mod generate;
+pub mod in_process;
 pub mod metrics;
 pub mod plot;
 mod processor;

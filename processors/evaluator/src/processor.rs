@@ -22,10 +22,7 @@ impl Evaluator {
     pub async fn new(name: &str, settings: EvaluatorSettings) -> anyhow::Result<Evaluator> {
         let backend: Arc<dyn Backend> = match settings.backend {
             BackendKind::Server => Arc::new(ServerBackend::new(name, &settings)?),
-            // The in-process backend (the trainer's candle model) plugs in here.
-            BackendKind::InProcess => anyhow::bail!(
-                "evaluator '{name}': backend \"in-process\" is not built into this evaluator yet; use backend = \"server\""
-            ),
+            BackendKind::InProcess => Arc::new(crate::in_process::InProcessBackend),
         };
         Self::with_backend(settings, backend).await
     }

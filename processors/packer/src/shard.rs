@@ -156,13 +156,43 @@ pub fn read_shard(bytes: &[u8], expected_sha256: Option<&str>) -> anyhow::Result
         anyhow::ensure!(view.dtype() == Dtype::I32, "{name} is {:?}, not I32", view.dtype());
         Ok(view.data().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     };
-    Ok(ShardTensors {
+    let shard = ShardTensors {
         input_ids: i32s("input_ids")?,
         loss_mask: file.tensor("loss_mask")?.data().to_vec(),
         position_ids: i32s("position_ids")?,
         cu_seqlens: i32s("cu_seqlens")?,
         row_offsets: i32s("row_offsets")?,
-    })
+    };
+    shard.check()?;
+    Ok(shard)
+}
+
+impl ShardTensors {
+    /// The shape every reader relies on when it slices rows and sequences out of the flat
+    /// arrays: without this a well-formed safetensors file with inconsistent offsets (a
+    /// damaged shard, or one whose manifest was rewritten to match) made slicing panic.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let n = self.input_ids.len();
+        anyhow::ensure!(
+            self.loss_mask.len() == n && self.position_ids.len() == n,
+            "input_ids, loss_mask and position_ids differ in length ({n}, {}, {})",
+            self.loss_mask.len(),
+            self.position_ids.len()
+        );
+        anyhow::ensure!(self.input_ids.iter().all(|&t| t >= 0), "input_ids holds a negative token id");
+        for (name, offsets) in [("cu_seqlens", &self.cu_seqlens), ("row_offsets", &self.row_offsets)] {
+            anyhow::ensure!(
+                offsets.first() == Some(&0) && offsets.last().is_some_and(|&last| last as usize == n),
+                "{name} must run from 0 to the {n} tokens"
+            );
+            anyhow::ensure!(offsets.windows(2).all(|w| w[0] <= w[1]), "{name} is not ascending");
+        }
+        anyhow::ensure!(
+            self.row_offsets.iter().all(|r| self.cu_seqlens.binary_search(r).is_ok()),
+            "a row does not start on a sequence boundary"
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,20 @@ fn accept_large_records(config: &mut ClientConfig) {
         .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES + 1024 * 1024).to_string());
 }
 
+/// rdkafka's configuration errors print the offending property's value, so a mistyped
+/// `"sasl.pasword" = "env:KAFKA_PASSWORD"` would put the password into the log. Keep the
+/// property name and the reason, hide the value.
+fn hide_config_value(error: rdkafka::error::KafkaError) -> rdkafka::error::KafkaError {
+    use rdkafka::error::KafkaError;
+    match error {
+        KafkaError::ClientConfig(code, description, key, value) => {
+            let description = if value.is_empty() { description } else { description.replace(&value, "[hidden]") };
+            KafkaError::ClientConfig(code, description, key, "(value hidden)".into())
+        }
+        other => other,
+    }
+}
+
 /// A resolved way to reach the cluster: bootstrap servers plus any pass-through properties
 /// (security settings with secrets already read from the environment).
 #[derive(Clone)]
@@ -78,7 +92,7 @@ impl Connection {
         if let Some(id) = transactional_id {
             config.set("transactional.id", id);
         }
-        config.create()
+        config.create().map_err(hide_config_value)
     }
 
     /// Group consumer with manual offset management: the runtime stores and commits offsets
@@ -106,18 +120,18 @@ impl Connection {
             // Periodic statistics feed the consumer-lag gauge.
             .set("statistics.interval.ms", "5000");
         accept_large_records(&mut config);
-        config.create_with_context(context)
+        config.create_with_context(context).map_err(hide_config_value)
     }
 
     /// Consumer without a group, for reading topics from the beginning (tools, tests, the
     /// feeder's check for already published ids).
     pub fn reader(&self) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
-        self.reader_config().create()
+        self.reader_config().create().map_err(hide_config_value)
     }
 
     /// [`Connection::reader`] as an async stream (for the benchmark's raw baseline).
     pub fn stream_reader(&self) -> Result<rdkafka::consumer::StreamConsumer, rdkafka::error::KafkaError> {
-        self.reader_config().create()
+        self.reader_config().create().map_err(hide_config_value)
     }
 
     fn reader_config(&self) -> ClientConfig {
@@ -136,10 +150,65 @@ impl Connection {
     pub fn group_reader(&self, group_id: &str) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
         let mut config = self.base();
         config.set("group.id", group_id).set("enable.auto.commit", "false");
-        config.create()
+        config.create().map_err(hide_config_value)
     }
 
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, rdkafka::error::KafkaError> {
-        self.base().create()
+        self.base().create().map_err(hide_config_value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_ssl_properties_reach_every_client_config_with_secrets_from_the_environment() {
+        std::env::set_var("DISTILLERY_TEST_KAFKA_PASSWORD", "planted-kafka-SECRET-123");
+        let settings: KafkaSettings = toml::from_str(
+            r#"
+            bootstrap_servers = "b-1.cluster:9096,b-2.cluster:9096"
+            [properties]
+            "security.protocol" = "SASL_SSL"
+            "sasl.mechanisms" = "SCRAM-SHA-512"
+            "sasl.username" = "distillery"
+            "sasl.password" = "env:DISTILLERY_TEST_KAFKA_PASSWORD"
+            "ssl.endpoint.identification.algorithm" = "https"
+            "#,
+        )
+        .unwrap();
+        let connection = Connection::from_settings(&settings, None).unwrap();
+        for config in [connection.base(), connection.reader_config()] {
+            assert_eq!(config.get("bootstrap.servers"), Some("b-1.cluster:9096,b-2.cluster:9096"));
+            assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(config.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+            assert_eq!(config.get("sasl.username"), Some("distillery"));
+            assert_eq!(config.get("sasl.password"), Some("planted-kafka-SECRET-123"));
+            assert_eq!(config.get("ssl.endpoint.identification.algorithm"), Some("https"));
+        }
+        let shown = format!("{connection:?}");
+        assert!(shown.contains("sasl.password") && !shown.contains("SECRET"), "{shown}");
+        // librdkafka accepts them (creating a client does not contact the brokers).
+        let _producer = connection.producer(None).unwrap();
+        connection.reader().unwrap();
+        connection.admin().unwrap();
+        // A pass-through property librdkafka does not know is refused by name, without the
+        // value (rdkafka's own message would have printed the password).
+        let mut bad = settings.clone();
+        bad.properties.insert("sasl.pasword".into(), "env:DISTILLERY_TEST_KAFKA_PASSWORD".into());
+        let err = match Connection::from_settings(&bad, None).unwrap().producer(None) {
+            Ok(_) => panic!("an unknown property is refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("No such configuration property") && err.contains("sasl.pasword"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+        // An invalid value is named by property only, whichever client it is.
+        let mut invalid = settings.clone();
+        invalid.properties.insert("security.protocol".into(), "env:DISTILLERY_TEST_KAFKA_PASSWORD".into());
+        let err = Connection::from_settings(&invalid, None).unwrap().reader().map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("security.protocol") && !err.contains("SECRET"), "{err}");
+        // The command line's bootstrap servers win over the file's.
+        let overridden = Connection::from_settings(&settings, Some("127.0.0.1:9092")).unwrap();
+        assert_eq!(overridden.base().get("bootstrap.servers"), Some("127.0.0.1:9092"));
     }
 }

@@ -1,8 +1,10 @@
 //! Object stores by URL (`object_store`): local paths and `file://` URLs on the local
 //! filesystem, `s3://bucket/key` on S3 or any S3-compatible server (MinIO, ...). S3 settings
 //! come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
-//! `AWS_ENDPOINT` for a non-AWS server, `AWS_ALLOW_HTTP=true` for plain HTTP), never from
-//! files that get logged.
+//! `AWS_ENDPOINT` for a non-AWS server, `AWS_ALLOW_HTTP=true` for plain HTTP, and any other
+//! `AWS_*` key object_store knows, e.g. `AWS_SESSION_TOKEN`), never from files that get logged.
+//! TLS is on by default (https endpoints, the system's root certificates); object_store's
+//! errors and its store's `Debug` never print the secret key.
 
 use object_store::{
     aws::AmazonS3Builder, local::LocalFileSystem, path::Path as ObjectPath, ObjectStore, ObjectStoreExt,
@@ -26,7 +28,7 @@ pub fn locate(location: &str) -> anyhow::Result<ObjectLocation> {
     if let Some(rest) = location.strip_prefix("s3://") {
         let (bucket, key) =
             rest.split_once('/').ok_or_else(|| anyhow::anyhow!("{location}: expected s3://bucket/key"))?;
-        let store = AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
+        let store = s3_builder(bucket).build()?;
         return Ok(ObjectLocation { store: Arc::new(store), path: ObjectPath::parse(key)? });
     }
     let path = match location.strip_prefix("file://") {
@@ -37,6 +39,11 @@ pub fn locate(location: &str) -> anyhow::Result<ObjectLocation> {
     let absolute = if path.is_absolute() { path } else { std::env::current_dir()?.join(path) };
     let store = LocalFileSystem::new();
     Ok(ObjectLocation { store: Arc::new(store), path: ObjectPath::from_absolute_path(&absolute)? })
+}
+
+/// An S3 store of `bucket` configured from the `AWS_*` environment variables.
+fn s3_builder(bucket: &str) -> AmazonS3Builder {
+    AmazonS3Builder::from_env().with_bucket_name(bucket)
 }
 
 /// Makes a location readable as a local file: plain paths as they are; URLs are downloaded
@@ -108,4 +115,54 @@ pub async fn put_multipart(location: &str, bytes: Vec<u8>, part_bytes: usize) ->
     }
     upload.complete().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::aws::AmazonS3ConfigKey;
+    use object_store::ClientConfigKey;
+
+    #[test]
+    fn s3_endpoint_tls_and_credentials_come_from_the_environment_and_are_never_printed() {
+        let secret = "planted-S3-SECRET-456";
+        for (key, value) in [
+            ("AWS_ACCESS_KEY_ID", "distillery-key-id"),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+            ("AWS_SESSION_TOKEN", "planted-S3-TOKEN-789"),
+            ("AWS_ENDPOINT", "https://minio.internal:9000"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ALLOW_HTTP", "false"),
+            ("AWS_ALLOW_INVALID_CERTIFICATES", "false"),
+        ] {
+            std::env::set_var(key, value);
+        }
+        let builder = s3_builder("shards");
+        let value = |key| builder.get_config_value(&key);
+        assert_eq!(value(AmazonS3ConfigKey::Bucket).as_deref(), Some("shards"));
+        assert_eq!(value(AmazonS3ConfigKey::AccessKeyId).as_deref(), Some("distillery-key-id"));
+        assert_eq!(value(AmazonS3ConfigKey::SecretAccessKey).as_deref(), Some(secret));
+        assert_eq!(value(AmazonS3ConfigKey::Token).as_deref(), Some("planted-S3-TOKEN-789"));
+        assert_eq!(value(AmazonS3ConfigKey::Endpoint).as_deref(), Some("https://minio.internal:9000"));
+        assert_eq!(value(AmazonS3ConfigKey::Region).as_deref(), Some("eu-west-1"));
+        assert_eq!(value(AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)).as_deref(), Some("false"));
+        assert_eq!(
+            value(AmazonS3ConfigKey::Client(ClientConfigKey::AllowInvalidCertificates)).as_deref(),
+            Some("false")
+        );
+        let location = locate("s3://shards/run/shard-0.safetensors").unwrap();
+        assert_eq!(location.path.as_ref(), "run/shard-0.safetensors");
+        let shown = format!("{} {:?}", location.store, location.store);
+        assert!(!shown.contains("SECRET") && !shown.contains("TOKEN"), "{shown}");
+        // Plain HTTP to an endpoint is refused unless allowed, and the error names no secret.
+        std::env::set_var("AWS_ENDPOINT", "http://127.0.0.1:1");
+        let err = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(get_bytes("s3://shards/run/missing"))
+            .unwrap_err();
+        let err = format!("{err:#} {err:?}");
+        assert!(!err.contains("SECRET") && !err.contains("TOKEN"), "{err}");
+    }
 }

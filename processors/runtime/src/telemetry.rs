@@ -34,12 +34,45 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Where `--metrics-addr` binds: a bare port means 127.0.0.1 (the endpoint is unauthenticated
+/// and lists topics, consumer groups and processor names), `HOST:PORT` binds where it says,
+/// e.g. `0.0.0.0:9898` inside a container whose scraper runs elsewhere.
+pub fn parse_metrics_addr(spec: &str) -> Result<SocketAddr, String> {
+    let spec = spec.trim();
+    if let Ok(port) = spec.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    spec.parse()
+        .map_err(|_| format!("'{spec}' is neither a port (bound to 127.0.0.1) nor an address like 127.0.0.1:9898"))
+}
+
 /// Serves `/metrics` for Prometheus on `addr`. Bind to 127.0.0.1 unless the scraper runs
 /// elsewhere (in docker-compose, 0.0.0.0 inside the container).
 pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() {
+        tracing::info!("metrics on http://{addr}/metrics");
+    } else {
+        tracing::warn!("metrics on http://{addr}/metrics: reachable from other machines (a bare port binds 127.0.0.1)");
+    }
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0])?
         .install()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_port_binds_localhost_and_other_addresses_only_when_written_out() {
+        assert_eq!(parse_metrics_addr("9898").unwrap(), "127.0.0.1:9898".parse::<SocketAddr>().unwrap());
+        assert!(parse_metrics_addr("9898").unwrap().ip().is_loopback());
+        assert_eq!(parse_metrics_addr("0.0.0.0:9898").unwrap(), "0.0.0.0:9898".parse::<SocketAddr>().unwrap());
+        assert_eq!(parse_metrics_addr("[::1]:9898").unwrap(), "[::1]:9898".parse::<SocketAddr>().unwrap());
+        let err = parse_metrics_addr("metrics.example:9898").unwrap_err();
+        assert!(err.contains("neither a port"), "{err}");
+        assert!(parse_metrics_addr("70000").is_err());
+    }
 }

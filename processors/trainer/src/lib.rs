@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod model_config;
