@@ -7,7 +7,7 @@
 
 use distillery_runtime::objects::get_bytes;
 use distillery_schemas::{decode, AgreedSample, CheckpointEvent, EvalResult, ShardManifest};
-use distillery_tests::{repo_root, wait_until, Cluster, S3Server};
+use distillery_tests::{free_port, http_get, repo_root, wait_until, Cluster, S3Server};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -25,13 +25,22 @@ async fn the_compose_cpu_flow_runs_over_the_local_broker_and_s3() {
     let text = std::fs::read_to_string(repo_root().join("topology/compose-cpu.toml")).unwrap();
     let cluster = Cluster::start(&text).await;
 
-    // Consumers first, as compose starts them (all after topology-apply).
+    // Consumers first, as compose starts them (all after topology-apply). The judge serves
+    // metrics as every container does for Prometheus (DISTILLERY_METRICS_ADDR; loopback here).
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let mut procs: Vec<_> = cluster
         .topology
         .processors
         .iter()
         .filter(|(_, p)| !p.inputs.is_empty())
-        .map(|(name, _)| (name.clone(), cluster.spawn_with(name, "0", &[], &env)))
+        .map(|(name, _)| {
+            let mut env = env.clone();
+            if name == "judge" {
+                env.push(("DISTILLERY_METRICS_ADDR", &metrics_addr));
+            }
+            (name.clone(), cluster.spawn_with(name, "0", &[], &env))
+        })
         .collect();
     let feeder = cluster.run_source_with_env("feeder", &env);
     assert!(feeder.contains(&format!("published: {QUESTIONS}")), "{feeder}");
@@ -41,9 +50,13 @@ async fn the_compose_cpu_flow_runs_over_the_local_broker_and_s3() {
         count("judged") >= 2 * QUESTIONS
     });
     wait_until("every question decided", Duration::from_secs(60), || count("agreed") + count("rejected") >= QUESTIONS);
+    let metrics = http_get(metrics_port, "/metrics").unwrap();
+    assert!(metrics.contains("distillery_records_in_total"), "{metrics}");
     let agreed: BTreeSet<String> =
         cluster.read("agreed").iter().map(|r| decode::<AgreedSample>(&r.payload).unwrap().question_id).collect();
     assert!(!agreed.is_empty(), "some questions both teachers solved");
+    assert!(count("rejected") > 0, "the terse teacher's wrong answers are rejected");
+    assert_eq!(agreed.len() + count("rejected"), QUESTIONS);
     eprintln!("decided after {:.0}s", started.elapsed().as_secs_f64());
 
     // Each packer's shards are in S3, whole, before their manifests.

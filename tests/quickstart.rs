@@ -1,5 +1,6 @@
 //! The README's main command runs end to end on the embedded default: the local broker, the
-//! shipped data and student tokenizer, every stage built so far, and nothing left running.
+//! shipped data and student tokenizer, every stage from feeder to report, and nothing left
+//! running.
 
 use distillery_tests::{distillery_bin, repo_root};
 
@@ -22,11 +23,21 @@ fn the_quickstart_runs_every_stage_and_reports_each_topic() {
             .unwrap_or_else(|| panic!("no {topic} in:\n{stdout}"));
         line.split_whitespace().last().unwrap().parse().unwrap()
     };
+    // Two teachers answer the 60 questions; the concise style gets every sixth answer wrong,
+    // so the judge and the agreement filter keep 50 and reject 10.
     assert_eq!(count("questions"), 60);
-    assert_eq!(count("samples"), 60);
-    assert_eq!(count("judged"), 60);
-    assert_eq!(count("agreed") + count("rejected"), 60);
-    assert!(count("shards.reference") >= 1);
+    assert_eq!(count("samples"), 120);
+    assert_eq!(count("judged"), 120);
+    assert_eq!((count("agreed"), count("rejected")), (50, 10));
+    assert!(count("shards.reference") >= 1 && count("shards.concise") >= 1);
+    // Two students train and checkpoint; the evaluator scores each final checkpoint once.
+    assert!(count("train-metrics") >= 2);
+    assert!(count("checkpoints") >= 2);
+    assert_eq!(count("eval-results"), 2);
     assert_eq!(count("dead-letters"), 0);
-    assert!(stdout.contains("done in"));
+    let report = std::fs::read_to_string(work.path().join("report/report.md")).unwrap();
+    assert!(report.contains("Table 1") && report.contains("trainer-reference") && report.contains("trainer-concise"));
+    let png = std::fs::read(work.path().join("report/loss_vs_step.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(stdout.contains("done in") && stdout.contains("report: "));
 }

@@ -370,7 +370,7 @@ mod tests {
         join.add(&s, judged("q", "a", 0, Verdict::Match, 1), &p0());
         join.add(&s, judged("r", "a", 0, Verdict::Match, 1), &p1);
         join.add(&s, judged("r", "b", 0, Verdict::Match, 1), &p1);
-        join.forget(&[p1.clone()]);
+        join.forget(std::slice::from_ref(&p1));
         assert_eq!(join.pending(), 1);
         assert_eq!(join.add(&s, judged("r", "a", 0, Verdict::Match, 1), &p1), Outcome::Waiting, "decided forgotten");
     }

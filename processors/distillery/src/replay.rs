@@ -493,7 +493,8 @@ mod tests {
     #[test]
     fn replaying_judged_keeps_agreement_and_packer_and_reads_judged_from_the_source() {
         let plan = plan(&quickstart(), "quickstart.toml", "quickstart", "judged", "q2", &[]).unwrap();
-        assert_eq!(plan.processors, ["agreement", "packer-reference"]);
+        let downstream = ["agreement", "packer-concise", "packer-reference", "trainer-concise", "trainer-reference"];
+        assert_eq!(plan.processors, [&downstream[..], &["evaluator"]].concat());
         assert_eq!(plan.sources, ["judged"]);
         let t = &plan.topology;
         assert_eq!(t.experiment, "q2");
@@ -502,17 +503,35 @@ mod tests {
         assert_eq!(t.topic_name("dead-letters"), "q2.dead-letters");
         assert_eq!(t.group_id("agreement"), "q2.agreement", "new consumer groups read from the beginning");
         let topics: Vec<_> = t.topics.keys().map(String::as_str).collect();
-        assert_eq!(topics, ["agreed", "dead-letters", "judged", "rejected", "shards.reference"]);
+        assert_eq!(
+            topics,
+            [
+                "agreed",
+                "checkpoints",
+                "dead-letters",
+                "eval-results",
+                "judged",
+                "rejected",
+                "shards.concise",
+                "shards.reference",
+                "train-metrics"
+            ]
+        );
         // The written topology is an ordinary topology that means the same.
         let again = Topology::parse(&plan.text, "written").unwrap();
         assert_eq!(again.topic_name("judged"), "quickstart.judged");
-        assert_eq!(again.processors.keys().collect::<Vec<_>>(), ["agreement", "packer-reference"]);
+        let mut written: Vec<&str> = again.processors.keys().map(String::as_str).collect();
+        written.sort();
+        let mut expected = plan.processors.iter().map(String::as_str).collect::<Vec<_>>();
+        expected.sort();
+        assert_eq!(written, expected);
     }
 
     #[test]
     fn replaying_samples_reruns_the_judge_and_everything_after_it_in_order() {
         let all = plan(&quickstart(), "q", "quickstart", "samples", "rejudge", &[]).unwrap();
-        assert_eq!(all.processors, ["judge", "agreement", "packer-reference"]);
+        assert_eq!(all.processors[..2], ["judge", "agreement"]);
+        assert_eq!(all.processors.last().map(String::as_str), Some("evaluator"));
         let judge_only = plan(&quickstart(), "q", "quickstart", "samples", "rejudge", &["judge".into()]).unwrap();
         assert_eq!(judge_only.processors, ["judge"]);
     }
@@ -534,7 +553,7 @@ mod tests {
         };
         assert!(err("quickstart", "judged", "quickstart", &[]).contains("--to must name a new experiment"));
         assert!(err("quickstart", "judgd", "x", &[]).contains("--stage 'judgd' is not a topic"));
-        assert!(err("quickstart", "shards.reference", "x", &[]).contains("no processor of q reads"));
+        assert!(err("quickstart", "eval-results", "x", &[]).contains("no processor of q reads"));
         assert!(err("quickstart", "agreed", "x", &["judge"]).contains("'judge', which is not downstream"));
         assert!(err("quick start", "judged", "x", &[]).contains("--from 'quick start'"));
     }
