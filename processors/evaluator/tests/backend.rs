@@ -79,8 +79,9 @@ async fn another_backend_is_scored_and_its_errors_keep_their_class() {
     ))
     .unwrap();
     let settings = EvaluatorSettings::from_table(&table).unwrap();
-    let refused = Evaluator::new("evaluator", settings.clone()).await.err().unwrap().to_string();
-    assert!(refused.contains("in-process"), "{refused}");
+    // The built-in in-process backend loads each checkpoint when it arrives, so construction
+    // succeeds without one.
+    assert!(Evaluator::new("evaluator", settings.clone()).await.is_ok());
 
     let backend = Arc::new(Fake { opened: AtomicUsize::new(0) });
     let evaluator = Evaluator::with_backend(settings, backend.clone()).await.unwrap();
