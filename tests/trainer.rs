@@ -15,7 +15,7 @@ use std::time::Duration;
 
 const STEPS: i64 = 12;
 
-const TOPOLOGY: &str = r#"
+const TOPICS: &str = r#"
 experiment = "trainer"
 [topics.shards]
 schema = "shard_manifest"
@@ -27,41 +27,34 @@ partitions = 1
 [topics.train-metrics]
 schema = "train_metrics"
 partitions = 1
-
-[processors.steady]
-type = "trainer"
-inputs = ["shards"]
-outputs = { checkpoints = "checkpoints", metrics = "train-metrics" }
-[processors.steady.settings]
-student = "random"
-model_config = "{dir}/config.json"
-init_seed = 3
-style = "teacher-a"
-steps = 12
-global_batch_rows = 4
-learning_rate = 1e-2
-warmup_ratio = 0.1
-warmup_start_lr = 1e-3
-checkpoint_every_steps = 3
-checkpoint_store = "{dir}/checkpoints"
-
-[processors.killed]
-type = "trainer"
-inputs = ["shards"]
-outputs = { checkpoints = "checkpoints", metrics = "train-metrics" }
-[processors.killed.settings]
-student = "random"
-model_config = "{dir}/config.json"
-init_seed = 3
-style = "teacher-a"
-steps = 12
-global_batch_rows = 4
-learning_rate = 1e-2
-warmup_ratio = 0.1
-warmup_start_lr = 1e-3
-checkpoint_every_steps = 3
-checkpoint_store = "{dir}/checkpoints"
 "#;
+
+/// Two identical trainers (same seed, same shards): `steady` runs through, `killed` is killed.
+fn topology() -> String {
+    let trainer = |name: &str| {
+        format!(
+            r#"
+[processors.{name}]
+type = "trainer"
+inputs = ["shards"]
+outputs = {{ checkpoints = "checkpoints", metrics = "train-metrics" }}
+[processors.{name}.settings]
+student = "random"
+model_config = "{{dir}}/config.json"
+init_seed = 3
+style = "teacher-a"
+steps = 12
+global_batch_rows = 4
+learning_rate = 1e-2
+warmup_ratio = 0.1
+warmup_start_lr = 1e-3
+checkpoint_every_steps = 3
+checkpoint_store = "{{dir}}/checkpoints"
+"#
+        )
+    };
+    format!("{TOPICS}{}{}", trainer("steady"), trainer("killed"))
+}
 
 /// 11 shards of 5 rows (55 rows; 12 steps × 4 rows use 48): shard and batch boundaries differ,
 /// so resuming mid-shard is exercised.
@@ -146,7 +139,7 @@ fn final_event(cluster: &Cluster, run: &str) -> Option<CheckpointEvent> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_trainer_resumes_to_bit_identical_weights() {
-    let cluster = Cluster::start(TOPOLOGY).await;
+    let cluster = Cluster::start(&topology()).await;
     let config = serde_json::json!({
         "vocab_size": 32, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": false,
