@@ -9,6 +9,7 @@
 //! - `bench`: `distillery bench ...`, each against a baseline measured in the same run.
 
 pub mod bench;
+pub mod chaos;
 pub mod quickstart;
 pub mod registry;
 pub mod replay;

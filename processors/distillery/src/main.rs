@@ -2,7 +2,7 @@
 //! topologies, start the local broker, read topics, benchmark, and run the quickstart.
 //! Parses flags and calls the libraries; nothing else lives here.
 
-use distillery::{bench, quickstart, registry, replay, report};
+use distillery::{bench, chaos, quickstart, registry, replay, report};
 
 use clap::{Parser, Subcommand};
 use distillery_runtime::broker::{BrokerStore, LocalBroker};
@@ -96,6 +96,11 @@ enum Command {
     /// step) from an experiment's eval-results and train-metrics topics. Works on a partial
     /// run and says what is missing.
     Report(report::ReportArgs),
+    /// Prove the pipeline under failure: the same questions through the full topology twice
+    /// (clean, then with SIGKILLs of every processor kind, teacher faults and outages, an S3
+    /// outage and a broker restart) and a comparison of what reached the packers and the
+    /// trainer. Prints a table; exits non-zero if anything was lost or duplicated.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Subcommand)]
@@ -220,6 +225,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Quickstart(args) => quickstart::run(args).await?,
         Command::Replay(args) => replay::run(args).await?,
         Command::Report(args) => report::run(args).await?,
+        Command::Chaos(args) => {
+            let report = chaos::run(args).await?;
+            anyhow::ensure!(
+                report.records_lost == 0 && report.duplicates_reaching_trainer == 0 && report.differences.is_empty(),
+                "the chaos run differs from the clean run (see the table above)"
+            );
+        }
         Command::Export { target: ExportTarget::Nemo { shards, out } } => {
             let summary = distillery_packer::nemo::export_folder(&shards, &out)?;
             println!("{summary}");

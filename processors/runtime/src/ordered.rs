@@ -5,7 +5,7 @@
 //! one order that every reader agrees on, so more partitions are refused.
 
 use crate::kafka::Connection;
-use crate::reader::ReadRecord;
+use crate::reader::{is_transient, ReadRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
@@ -41,6 +41,10 @@ impl OrderedReader {
     pub fn next(&self, timeout: Duration) -> anyhow::Result<Option<ReadRecord>> {
         match self.consumer.poll(timeout) {
             None => Ok(None),
+            Some(Err(e)) if is_transient(&e) => {
+                tracing::warn!("reading {}: {e} (retrying)", self.topic);
+                Ok(None)
+            }
             Some(Err(e)) => Err(anyhow::anyhow!("reading {}: {e}", self.topic)),
             Some(Ok(message)) => Ok(Some(ReadRecord::from_message(&message))),
         }

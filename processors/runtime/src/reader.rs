@@ -54,6 +54,28 @@ impl ReadRecord {
 }
 
 /// Every record of `topic` up to the end it had when the call started.
+/// Errors a consumer reports while it reconnects (the broker restarting, a dropped
+/// connection): librdkafka retries by itself, so readers keep polling instead of failing.
+pub fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::AllBrokersDown
+                | Code::BrokerTransportFailure
+                | Code::Resolve
+                | Code::OperationTimedOut
+                | Code::RequestTimedOut
+                | Code::NetworkException
+                | Code::BrokerNotAvailable
+                | Code::LeaderNotAvailable
+                | Code::NotLeaderForPartition
+                | Code::NotCoordinator
+                | Code::CoordinatorNotAvailable
+        )
+    )
+}
+
 pub fn read_to_end(connection: &Connection, topic: &str, timeout: Duration) -> anyhow::Result<Vec<ReadRecord>> {
     let consumer: BaseConsumer = connection.reader()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -86,8 +108,11 @@ pub fn read_to_end(connection: &Connection, topic: &str, timeout: Duration) -> a
         if started.elapsed() > timeout {
             anyhow::bail!("reading {topic} did not reach the end within {timeout:?} ({} partition(s) left)", end.len());
         }
-        let Some(result) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let message = result?;
+        let message = match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(e)) if is_transient(&e) => continue,
+            Some(result) => result?,
+        };
         let partition = message.partition();
         let Some(&high) = end.get(&partition) else { continue };
         if message.offset() < high {

@@ -7,7 +7,7 @@
 use crate::kafka::Connection;
 use crate::offsets::PartitionId;
 use crate::processor::{Processor, RecordContext};
-use crate::reader::read_to_end;
+use crate::reader::{is_transient, read_to_end};
 use crate::runner::ProcessorRun;
 use distillery_schemas::decode;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -94,10 +94,17 @@ fn read_committed_history(
         assignment.add_partition_offset(&partition.topic, partition.partition, Offset::Beginning)?;
         reader.assign(&assignment)?;
         loop {
-            let Some(message) = reader.poll(timeout) else {
-                anyhow::bail!("restoring {}[{}]: no record within {timeout:?}", partition.topic, partition.partition);
+            let message = match reader.poll(timeout) {
+                None => {
+                    anyhow::bail!(
+                        "restoring {}[{}]: no record within {timeout:?}",
+                        partition.topic,
+                        partition.partition
+                    )
+                }
+                Some(Err(e)) if is_transient(&e) => continue,
+                Some(message) => message?,
             };
-            let message = message?;
             if message.offset() >= end {
                 break;
             }

@@ -15,6 +15,8 @@
 //! token (401), and [`ServerConfig::echo_credentials_problems`] makes it quote the request's
 //! Authorization header back in an error, as a misconfigured proxy might.
 
+pub mod proxy;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
