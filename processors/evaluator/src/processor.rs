@@ -2,11 +2,12 @@
 
 use crate::benchmark::{self, LoadedBenchmark, Problem};
 use crate::config::{BackendKind, EvaluatorSettings};
-use crate::generate::{Backend, GenerateError, GenerationSettings, Generator, Prompt, ServerBackend};
+use crate::generate::{Backend, GenerateError, Generation, GenerationSettings, Generator, Prompt, ServerBackend};
 use crate::metrics::{summarise, BenchmarkMetrics, ScoredSample};
+use distillery_judge::llm::LlmJudge;
 use distillery_judge::verify::{verify, RuleVerdict};
 use distillery_runtime::{Emit, PortSpec, ProcessError, Processor, RecordContext};
-use distillery_schemas::{now_ms, CheckpointEvent, EvalResult, RecordKind};
+use distillery_schemas::{now_ms, CheckpointEvent, EvalResult, RecordKind, Verdict};
 use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 
@@ -15,6 +16,25 @@ pub struct Evaluator {
     generation: GenerationSettings,
     benchmarks: Vec<LoadedBenchmark>,
     backend: Arc<dyn Backend>,
+    /// Asked about what the rule verifier cannot decide (`llm_judge`).
+    llm_judge: Option<LlmJudge>,
+}
+
+/// How the samples of one benchmark were decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Decided {
+    /// UNSURE for the rule verifier, decided by the LLM judge (MATCH or MISMATCH).
+    by_llm: usize,
+    /// UNSURE for the rule verifier and no verdict from the LLM judge either (or no judge):
+    /// counted as not correct.
+    undecided: usize,
+}
+
+impl std::ops::AddAssign for Decided {
+    fn add_assign(&mut self, other: Decided) {
+        self.by_llm += other.by_llm;
+        self.undecided += other.undecided;
+    }
 }
 
 impl Evaluator {
@@ -24,7 +44,16 @@ impl Evaluator {
             BackendKind::Server => Arc::new(ServerBackend::new(name, &settings)?),
             BackendKind::InProcess => Arc::new(crate::in_process::InProcessBackend),
         };
-        Self::with_backend(settings, backend).await
+        let llm_judge = match &settings.llm_judge {
+            Some(judge) => Some(
+                LlmJudge::from_settings(&format!("{name}-judge"), judge)
+                    .map_err(|e| anyhow::anyhow!("llm_judge: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut evaluator = Self::with_backend(settings, backend).await?;
+        evaluator.llm_judge = llm_judge;
+        Ok(evaluator)
     }
 
     /// Loads the benchmarks and evaluates with `backend` (tests, other backends).
@@ -35,7 +64,13 @@ impl Evaluator {
             tracing::info!(benchmark = %loaded.name, problems = loaded.problems.len(), uri = %source.file.uri, "benchmark loaded");
             benchmarks.push(loaded);
         }
-        Ok(Evaluator { generation: GenerationSettings::from_settings(&settings), settings, benchmarks, backend })
+        Ok(Evaluator {
+            generation: GenerationSettings::from_settings(&settings),
+            settings,
+            benchmarks,
+            backend,
+            llm_judge: None,
+        })
     }
 
     pub fn benchmarks(&self) -> &[LoadedBenchmark] {
@@ -44,16 +79,26 @@ impl Evaluator {
 
     /// Every benchmark on one checkpoint. Any generation that fails (after the client's
     /// retries) fails the whole checkpoint: nothing is scored from partial generations.
+    /// The backend's generator is closed afterwards (a server started for the checkpoint is
+    /// stopped), whether the evaluation succeeded or not.
     pub async fn evaluate(&self, checkpoint: &CheckpointEvent) -> Result<Vec<EvalResult>, ProcessError> {
         let generator = self.backend.open(checkpoint).await.map_err(|e| classify(e, checkpoint, "opening"))?;
+        let results = self.evaluate_with(generator.as_ref(), checkpoint).await;
+        generator.close().await;
+        results
+    }
+
+    async fn evaluate_with(
+        &self,
+        generator: &dyn Generator,
+        checkpoint: &CheckpointEvent,
+    ) -> Result<Vec<EvalResult>, ProcessError> {
         let mut results = Vec::with_capacity(self.benchmarks.len());
         for bench in &self.benchmarks {
-            let metrics = self
-                .run_benchmark(generator.as_ref(), bench)
-                .await
-                .map_err(|e| classify(e, checkpoint, &bench.name))?;
+            let (metrics, decided) =
+                self.run_benchmark(generator, bench).await.map_err(|e| classify(e, checkpoint, &bench.name))?;
             let result = self.result(checkpoint, &bench.name, &metrics);
-            self.log(&result);
+            self.log(&result, decided);
             results.push(result);
         }
         Ok(results)
@@ -63,17 +108,23 @@ impl Evaluator {
         &self,
         generator: &dyn Generator,
         bench: &LoadedBenchmark,
-    ) -> Result<BenchmarkMetrics, GenerateError> {
+    ) -> Result<(BenchmarkMetrics, Decided), GenerateError> {
         let n = self.settings.samples_per_problem as usize;
         // `buffered` keeps problem order and stops at the first error (the rest are dropped).
         // (Indices, not `&Problem`: a closure over references trips the Send check of
         // `process`'s future.)
-        let scored: Vec<Vec<ScoredSample>> = futures::stream::iter(0..bench.problems.len())
+        let scored: Vec<(Vec<ScoredSample>, Decided)> = futures::stream::iter(0..bench.problems.len())
             .map(|i| self.score_problem(generator, &bench.problems[i], n))
             .buffered(self.settings.concurrent_problems)
             .try_collect()
             .await?;
-        Ok(summarise(&scored))
+        let mut decided = Decided::default();
+        let mut samples = Vec::with_capacity(scored.len());
+        for (problem, d) in scored {
+            samples.push(problem);
+            decided += d;
+        }
+        Ok((summarise(&samples), decided))
     }
 
     async fn score_problem(
@@ -81,7 +132,7 @@ impl Evaluator {
         generator: &dyn Generator,
         problem: &Problem,
         n: usize,
-    ) -> Result<Vec<ScoredSample>, GenerateError> {
+    ) -> Result<(Vec<ScoredSample>, Decided), GenerateError> {
         let prompt =
             Prompt { system: self.settings.system_prompt.clone(), user: self.settings.prompt(&problem.problem) };
         let generations = generator.generate(&prompt, n, &self.generation).await?;
@@ -92,25 +143,68 @@ impl Evaluator {
                 problem.id
             )));
         }
-        Ok(generations
-            .into_iter()
-            .map(|g| {
-                let decision = verify(g.answer.as_deref(), &problem.expected_answer);
-                let verdict = match decision.verdict {
-                    RuleVerdict::Match => "match",
-                    RuleVerdict::Mismatch => "mismatch",
-                    RuleVerdict::Unsure => "unsure",
+        let scored = generations.iter().map(|g| self.score_sample(g, problem));
+        let scored: Vec<(ScoredSample, Decided)> = futures::future::try_join_all(scored).await?;
+        let mut decided = Decided::default();
+        let mut samples = Vec::with_capacity(scored.len());
+        for (sample, d) in scored {
+            samples.push(sample);
+            decided += d;
+        }
+        Ok((samples, decided))
+    }
+
+    /// The rule verifier first; what it cannot decide goes to the LLM judge if there is one
+    /// (as in the judge processor's "rules-then-llm"), else counts as not correct.
+    async fn score_sample(&self, g: &Generation, problem: &Problem) -> Result<(ScoredSample, Decided), GenerateError> {
+        let decision = verify(g.answer.as_deref(), &problem.expected_answer);
+        let verdict = match decision.verdict {
+            RuleVerdict::Match => "match",
+            RuleVerdict::Mismatch => "mismatch",
+            RuleVerdict::Unsure => "unsure",
+        };
+        metrics::counter!("distillery_evaluator_samples_total", "verdict" => verdict).increment(1);
+        let mut decided = Decided::default();
+        let correct = match (decision.verdict, &self.llm_judge) {
+            (RuleVerdict::Match, _) => true,
+            (RuleVerdict::Mismatch, _) => false,
+            (RuleVerdict::Unsure, None) => {
+                decided.undecided += 1;
+                false
+            }
+            (RuleVerdict::Unsure, Some(judge)) => {
+                // The sample's whole answer, as the judge processor sends it.
+                let answer = g.answer.as_deref().unwrap_or("");
+                let judgement = judge.judge(&problem.expected_answer, answer).await.map_err(|e| {
+                    GenerateError::Failed(format!(
+                        "the LLM judge ({}) failed on problem {}: {e}",
+                        judge.model(),
+                        problem.id
+                    ))
+                })?;
+                let label = match judgement.verdict {
+                    Verdict::Match => "match",
+                    Verdict::Mismatch => "mismatch",
+                    Verdict::Error => "error",
                 };
-                metrics::counter!("distillery_evaluator_samples_total", "verdict" => verdict).increment(1);
-                ScoredSample {
-                    // No LLM judge here: UNSURE counts as not correct.
-                    correct: decision.verdict == RuleVerdict::Match,
-                    extracted: decision.extracted,
-                    completion_tokens: g.completion_tokens,
-                    truncated: g.truncated,
+                metrics::counter!("distillery_evaluator_llm_judged_total", "verdict" => label).increment(1);
+                match judgement.verdict {
+                    Verdict::Match | Verdict::Mismatch => decided.by_llm += 1,
+                    Verdict::Error => {
+                        tracing::debug!(problem = %problem.id, "{}", judgement.detail);
+                        decided.undecided += 1;
+                    }
                 }
-            })
-            .collect())
+                judgement.verdict == Verdict::Match
+            }
+        };
+        let sample = ScoredSample {
+            correct,
+            extracted: decision.extracted,
+            completion_tokens: g.completion_tokens,
+            truncated: g.truncated,
+        };
+        Ok((sample, decided))
     }
 
     fn result(&self, checkpoint: &CheckpointEvent, benchmark: &str, m: &BenchmarkMetrics) -> EvalResult {
@@ -137,10 +231,20 @@ impl Evaluator {
         }
     }
 
-    fn log(&self, r: &EvalResult) {
+    /// The headline metrics, and how many answers the LLM judge decided (the eval-result
+    /// schema has no field for it).
+    fn log(&self, r: &EvalResult, decided: Decided) {
         let headline: Vec<String> =
             self.settings.metrics.iter().map(|m| format!("{m}={:.4}", headline(r, m))).collect();
-        tracing::info!(checkpoint = %r.checkpoint_id, benchmark = %r.benchmark, problems = r.problems, "evaluated: {}", headline.join(" "));
+        tracing::info!(
+            checkpoint = %r.checkpoint_id,
+            benchmark = %r.benchmark,
+            problems = r.problems,
+            llm_judged = decided.by_llm,
+            undecided = decided.undecided,
+            "evaluated: {}",
+            headline.join(" ")
+        );
     }
 }
 

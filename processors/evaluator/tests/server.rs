@@ -180,3 +180,94 @@ async fn only_every_nth_step_and_final_checkpoints_are_evaluated() {
     assert_eq!(evaluator.process(checkpoint(1000, false), &ctx()).await.unwrap().len(), 1);
     assert_eq!(evaluator.process(checkpoint(1234, true), &ctx()).await.unwrap().len(), 1);
 }
+
+// --- the LLM judge for what the rule verifier cannot decide --------------------------------
+
+/// Answers the rule verifier leaves UNSURE (a number with words after it, a number in words)
+/// next to ones it decides:
+///
+/// | problem | expected | samples (seeds 0..3)                              | rules | with the LLM judge |
+/// |---------|----------|---------------------------------------------------|-------|--------------------|
+/// | sum     | 5        | 5, 5, 5, 5                                        | 4     | 4 (not asked)      |
+/// | alpha   | 12       | 12 square units, 7 square units, 12, twelve       | 1     | 2 (asked 3 times)  |
+/// | beta    | 1/2      | 42, 42, 42, 42 (MISMATCH by rule)                 | 0     | 0 (not asked)      |
+/// | gamma   | 9        | 9 square units (x4)                               | 0     | 4 (asked 4 times)  |
+///
+/// The test server judges MATCH when the generated answer contains the correct one, so
+/// "twelve" and "7 square units" stay wrong.
+fn worded_answers() -> ServerConfig {
+    let some = |s: &str| Some(s.to_string());
+    let seeded = HashMap::from([
+        (
+            "Problem ALPHA".to_string(),
+            vec![some("12 square units"), some("7 square units"), some("12"), some("\\text{twelve}")],
+        ),
+        ("Problem GAMMA".to_string(), vec![some("9 square units"); 4]),
+    ]);
+    ServerConfig { seeded_answers: seeded, ..ServerConfig::default() }
+}
+
+fn llm_judge(url: &str) -> String {
+    format!(
+        r#"llm_judge = {{ model = "judge-model", server = {{ endpoints = ["{url}"], retry_attempts = 2, retry_min_delay_ms = 1, retry_max_delay_ms = 5 }} }}"#
+    )
+}
+
+/// The judge requests a server received.
+fn judge_requests(server: &LlmServer) -> Vec<serde_json::Value> {
+    let bodies = server.stats.bodies.lock().unwrap().clone();
+    bodies.into_iter().filter(|b| b.to_string().contains("<CORRECT_ANSWER>")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_the_rules_cannot_decide_count_as_the_llm_judge_says() {
+    use distillery_judge::verify::{verify, RuleVerdict};
+    // The premise: the rule verifier cannot decide the worded answers.
+    let worded =
+        [("12 square units", "12"), ("7 square units", "12"), ("\\text{twelve}", "12"), ("9 square units", "9")];
+    for (answer, expected) in worded {
+        let text = format!("The answer is \\boxed{{{answer}}}.");
+        assert_eq!(verify(Some(&text), expected).verdict, RuleVerdict::Unsure, "{answer}");
+    }
+    let students = LlmServer::start(worded_answers()).await.unwrap();
+    let judge = LlmServer::start(ServerConfig::default()).await.unwrap();
+    judge.keep_bodies();
+
+    // Without llm_judge: UNSURE is not correct.
+    let rules_only = Evaluator::new("evaluator", settings(&students.base_url(), "")).await.unwrap();
+    let r = &rules_only.evaluate(&checkpoint(100, false)).await.unwrap()[0];
+    assert_close(&r.pass_at_k[..1], &[(1.0 + 0.25) / 4.0]);
+    assert_close(&r.pass_at_k[3..], &[0.5]);
+
+    // With it: the judge's MATCH counts, its MISMATCH does not.
+    let with_judge =
+        Evaluator::new("evaluator", settings(&students.base_url(), &llm_judge(&judge.base_url()))).await.unwrap();
+    let r = &with_judge.evaluate(&checkpoint(100, false)).await.unwrap()[0];
+    assert_close(&r.pass_at_k[..1], &[(1.0 + 0.5 + 1.0) / 4.0]);
+    assert_close(&r.pass_at_k[3..], &[0.75]);
+    // maj@1: sum right; alpha's first sample ("12 square units") right by the judge; gamma right.
+    assert_close(&r.majority_at_k[..1], &[0.75]);
+
+    // Only the 7 UNSURE answers were sent, with the judge processor's prompt and message.
+    let asked = judge_requests(&judge);
+    assert_eq!(asked.len(), 7, "{asked:#?}");
+    for body in &asked {
+        assert_eq!(body["model"], "judge-model");
+        assert_eq!(body["messages"][0]["content"], distillery_judge::config::DEFAULT_SYSTEM_PROMPT);
+        let user = body["messages"][1]["content"].as_str().unwrap();
+        assert!(user.starts_with("<CORRECT_ANSWER>\n12\n") || user.starts_with("<CORRECT_ANSWER>\n9\n"), "{user}");
+        assert!(user.contains("square units") || user.contains("twelve"), "{user}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_judge_that_stays_down_fails_the_checkpoint_instead_of_scoring_it() {
+    let students = LlmServer::start(worded_answers()).await.unwrap();
+    let judge = LlmServer::start(ServerConfig::default()).await.unwrap();
+    judge.set_down(true);
+    let evaluator =
+        Evaluator::new("evaluator", settings(&students.base_url(), &llm_judge(&judge.base_url()))).await.unwrap();
+    let err = evaluator.process(checkpoint(400, false), &ctx()).await.unwrap_err();
+    assert_eq!((err.class, err.retryable), (ErrorClass::External, false));
+    assert!(err.message.contains("LLM judge") && err.message.contains("judge-model"), "{}", err.message);
+}

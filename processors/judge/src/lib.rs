@@ -5,7 +5,8 @@
 //! - `extract`: the final answer in a response (last `\boxed{}`, fallbacks).
 //! - `normalize`: LaTeX normalisation. `expr`: parsing and evaluating math answers.
 //! - `verify`: the rule-based verifier (MATCH / MISMATCH / UNSURE).
-//! - `llm`: the LLM judge's message and verdict parsing.
+//! - `llm`: the LLM judge's message and verdict parsing, and [`llm::LlmJudge`], which asks the
+//!   judge model (also used by the evaluator for what its rule verifier cannot decide).
 //! - `config`: settings. `processor`: sample in -> judged sample out.
 
 pub mod config;

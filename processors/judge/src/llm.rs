@@ -2,6 +2,8 @@
 //! sample's full answer in `<GENERATED_ANSWER>`; the verdict is the last MATCH or MISMATCH in
 //! the reply.
 
+use crate::config::JudgeSettings;
+use distillery_openai::{ChatClient, ChatRequest, LlmError};
 use distillery_schemas::Verdict;
 
 /// The user message for one judgement.
@@ -21,6 +23,93 @@ pub fn parse_verdict(reply: &str) -> Option<Verdict> {
         (Some(_), None) => Some(Verdict::Match),
         (None, Some(_)) => Some(Verdict::Mismatch),
         (None, None) => None,
+    }
+}
+
+/// The LLM judge: a client of the judge model's servers with the judge's settings (model,
+/// system prompt, sampling, verdict attempts). The judge processor asks it about what the rule
+/// verifier leaves UNSURE; the evaluator asks it the same way when it has an `llm_judge`.
+pub struct LlmJudge {
+    client: ChatClient,
+    model: String,
+    system_prompt: String,
+    temperature: f64,
+    top_p: f64,
+    max_tokens: u32,
+    verdict_attempts: u32,
+}
+
+/// One judgement of the LLM judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmJudgement {
+    /// MATCH or MISMATCH from the reply; ERROR when no reply had a verdict.
+    pub verdict: Verdict,
+    /// The judge model's reply (the last one when none had a verdict).
+    pub output: Option<String>,
+    /// What happened, for the record.
+    pub detail: String,
+}
+
+impl LlmJudge {
+    /// The judge of `settings` (its `server` is required), with the system prompt of its
+    /// `prompt_file` or the shipped one.
+    pub fn from_settings(name: &str, settings: &JudgeSettings) -> Result<LlmJudge, String> {
+        LlmJudge::new(name, settings, settings.system_prompt()?)
+    }
+
+    /// The judge of `settings` with `system_prompt` already read.
+    pub fn new(name: &str, settings: &JudgeSettings, system_prompt: String) -> Result<LlmJudge, String> {
+        let server = settings.server.clone().ok_or("the LLM judge needs `server`")?;
+        Ok(LlmJudge {
+            client: ChatClient::new(name, server)?,
+            model: settings.model.clone(),
+            system_prompt,
+            temperature: settings.temperature,
+            top_p: settings.top_p,
+            max_tokens: settings.max_tokens,
+            verdict_attempts: settings.verdict_attempts.max(1),
+        })
+    }
+
+    /// The judge model's name.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Asks the judge model whether `answer` (the full answer text) gives `expected`. A reply
+    /// without a verdict (or a thinking model out of tokens) is asked again, up to
+    /// `verdict_attempts` times, then judged ERROR. The error is the client's, its retries
+    /// already spent.
+    pub async fn judge(&self, expected: &str, answer: &str) -> Result<LlmJudgement, LlmError> {
+        let request = ChatRequest {
+            model: self.model.clone(),
+            system_prompt: Some(self.system_prompt.clone()),
+            user: judge_message(expected, answer),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_tokens,
+            reasoning_effort: None,
+            seed: None,
+        };
+        let mut last_output = None;
+        for _ in 0..self.verdict_attempts {
+            let completion = self.client.complete(&request).await?;
+            // A thinking model that ran out of tokens returns no content: ask again.
+            if let Some(verdict) = completion.answer.as_deref().and_then(parse_verdict) {
+                return Ok(LlmJudgement {
+                    verdict,
+                    output: completion.answer,
+                    detail: format!("judge model replied (finish_reason {})", completion.finish_reason),
+                });
+            }
+            last_output =
+                completion.answer.or(Some(format!("<no content; finish_reason {}>", completion.finish_reason)));
+        }
+        Ok(LlmJudgement {
+            verdict: Verdict::Error,
+            output: last_output,
+            detail: format!("no MATCH or MISMATCH in {} judge replies", self.verdict_attempts),
+        })
     }
 }
 

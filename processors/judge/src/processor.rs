@@ -1,16 +1,15 @@
 //! Sample in, judged sample out.
 
 use crate::config::{JudgeMode, JudgeSettings};
-use crate::llm::{judge_message, parse_verdict};
+use crate::llm::LlmJudge;
 use crate::verify::{verify, RuleVerdict};
-use distillery_openai::{ChatClient, ChatRequest, LlmError};
+use distillery_openai::LlmError;
 use distillery_runtime::{Emit, PortSpec, ProcessError, Processor, RecordContext};
 use distillery_schemas::{now_ms, stable_id, JudgeMethod, JudgedSample, RecordKind, TeacherSample, Verdict};
 
 pub struct Judge {
     settings: JudgeSettings,
-    system_prompt: String,
-    client: Option<ChatClient>,
+    llm: Option<LlmJudge>,
     /// Identifies this judge's configuration: a re-judge with another prompt or model writes
     /// records with other ids.
     config_id: String,
@@ -28,51 +27,27 @@ struct Decision {
 impl Judge {
     pub fn new(name: &str, settings: JudgeSettings) -> anyhow::Result<Judge> {
         let system_prompt = settings.system_prompt().map_err(anyhow::Error::msg)?;
-        let client = match (&settings.mode, &settings.server) {
+        let llm = match (&settings.mode, &settings.server) {
             (JudgeMode::RulesOnly, _) => None,
-            (_, Some(server)) => Some(ChatClient::new(name, server.clone()).map_err(anyhow::Error::msg)?),
+            (_, Some(_)) => Some(LlmJudge::new(name, &settings, system_prompt.clone()).map_err(anyhow::Error::msg)?),
             (_, None) => anyhow::bail!("judge '{name}': the LLM judge needs `server`"),
         };
         let mode = format!("{:?}", settings.mode);
         let config_id = stable_id(&[&mode, &settings.model, &system_prompt]);
-        Ok(Judge { settings, system_prompt, client, config_id })
+        Ok(Judge { settings, llm, config_id })
     }
 
-    async fn ask_llm(&self, client: &ChatClient, sample: &TeacherSample) -> Result<Decision, ProcessError> {
-        let request = ChatRequest {
-            model: self.settings.model.clone(),
-            system_prompt: Some(self.system_prompt.clone()),
-            user: judge_message(&sample.expected_answer, sample.answer.as_deref().unwrap_or("")),
-            temperature: self.settings.temperature,
-            top_p: self.settings.top_p,
-            max_tokens: self.settings.max_tokens,
-            reasoning_effort: None,
-            seed: None,
-        };
-        let mut last_output = None;
-        for _ in 0..self.settings.verdict_attempts {
-            let completion = client.complete(&request).await.map_err(|e| match e {
+    async fn ask_llm(&self, llm: &LlmJudge, sample: &TeacherSample) -> Result<Decision, ProcessError> {
+        let judgement =
+            llm.judge(&sample.expected_answer, sample.answer.as_deref().unwrap_or("")).await.map_err(|e| match e {
                 LlmError::Permanent(message) | LlmError::Retryable { message, .. } => ProcessError::external(message),
             })?;
-            // A thinking model that ran out of tokens returns no content: ask again.
-            if let Some(verdict) = completion.answer.as_deref().and_then(parse_verdict) {
-                return Ok(Decision {
-                    verdict,
-                    method: JudgeMethod::Llm,
-                    extracted: None,
-                    judge_output: completion.answer,
-                    detail: format!("judge model replied (finish_reason {})", completion.finish_reason),
-                });
-            }
-            last_output =
-                completion.answer.or(Some(format!("<no content; finish_reason {}>", completion.finish_reason)));
-        }
         Ok(Decision {
-            verdict: Verdict::Error,
+            verdict: judgement.verdict,
             method: JudgeMethod::Llm,
             extracted: None,
-            judge_output: last_output,
-            detail: format!("no MATCH or MISMATCH in {} judge replies", self.settings.verdict_attempts),
+            judge_output: judgement.output,
+            detail: judgement.detail,
         })
     }
 }
@@ -96,7 +71,7 @@ impl Processor for Judge {
             judge_output: None,
             detail: rule.rule.clone(),
         };
-        let decision = match (self.settings.mode, rule.verdict, &self.client) {
+        let decision = match (self.settings.mode, rule.verdict, &self.llm) {
             // No answer at all (a truncated generation) is a mismatch whoever judges.
             (_, RuleVerdict::Mismatch, _) if rule.extracted.is_none() => rule_decided(Verdict::Mismatch),
             (JudgeMode::RulesOnly | JudgeMode::RulesThenLlm, RuleVerdict::Match, _) => rule_decided(Verdict::Match),
@@ -110,8 +85,8 @@ impl Processor for Judge {
                 judge_output: None,
                 detail: format!("rule verifier unsure ({}) and no LLM judge configured", rule.rule),
             },
-            (_, _, Some(client)) => {
-                let mut decision = self.ask_llm(client, &sample).await?;
+            (_, _, Some(llm)) => {
+                let mut decision = self.ask_llm(llm, &sample).await?;
                 decision.extracted = rule.extracted.clone();
                 decision
             }

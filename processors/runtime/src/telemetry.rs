@@ -24,8 +24,14 @@ pub const COMMITS: &str = "distillery_commits_total";
 
 /// Starts logging to stderr; `RUST_LOG` picks the level (default info).
 pub fn init_logging() {
+    init_logging_with_default("info,rdkafka=warn")
+}
+
+/// Like [`init_logging`] with another default filter (a command with live progress bars keeps
+/// only warnings unless `RUST_LOG` asks for more).
+pub fn init_logging_with_default(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -61,9 +67,62 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records this process's metrics in memory instead of serving them, for a command that runs
+/// every processor in one process and shows their counters itself (the quickstart).
+pub fn install_in_process_recorder() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    Ok(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?)
+}
+
+/// One sample of the Prometheus text format: `name{label="value",...} number`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// The samples of a Prometheus text exposition (comments and unparsable lines skipped). Our
+/// label values never contain quotes or commas, so a plain split is enough.
+pub fn parse_exposition(text: &str) -> Vec<MetricSample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    Some((key.to_string(), value.trim_matches('"').to_string()))
+                })
+                .collect();
+            Some(MetricSample { name: name.to_string(), labels, value })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exposition_samples_keep_their_labels() {
+        let text = "# TYPE distillery_records_in_total counter\n\
+                    distillery_records_in_total{processor=\"judge\",topic=\"q.samples\"} 120\n\
+                    distillery_trainer_loss{run=\"x/trainer-a\"} 6.25\nplain 3\n";
+        let samples = parse_exposition(text);
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0].name, "distillery_records_in_total");
+        assert_eq!(samples[0].labels["processor"], "judge");
+        assert_eq!(samples[0].labels["topic"], "q.samples");
+        assert_eq!(samples[0].value, 120.0);
+        assert_eq!(samples[1].value, 6.25);
+        assert!(samples[2].labels.is_empty());
+    }
 
     #[test]
     fn a_bare_port_binds_localhost_and_other_addresses_only_when_written_out() {
