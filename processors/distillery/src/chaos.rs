@@ -31,7 +31,9 @@ use distillery_runtime::broker::{BrokerStore, LocalBroker};
 use distillery_runtime::objects::get_bytes;
 use distillery_runtime::reader::{end_offset_total, read_to_end, ReadRecord};
 use distillery_runtime::{admin, Connection, Topology};
-use distillery_schemas::{decode, AgreedSample, CheckpointEvent, DeadLetter, ShardManifest};
+use distillery_schemas::{
+    decode, AgreedSample, CheckpointEvent, DeadLetter, JudgedSample, Question, ShardManifest, TeacherSample,
+};
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,7 +66,7 @@ pub struct ChaosArgs {
     pub teacher_latency_ms: u64,
     /// Optimizer steps of the two trainers in the chaos run (at most 70% of the rows the
     /// clean run packed, so they never wait for rows that may not come).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 120)]
     pub trainer_steps: u64,
     /// How long one endpoint of teacher A is down in the chaos run.
     #[arg(long, default_value_t = 60)]
@@ -126,7 +128,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
             // Every process, this one included, reaches S3 through the proxy.
             std::env::set_var("AWS_ENDPOINT", format!("http://{}", proxy.addr));
             std::env::set_var("AWS_ALLOW_HTTP", "true");
-            (format!("s3://{bucket}/chaos-{}", args.seed), Some(proxy))
+            // A fresh prefix per invocation: nothing of an earlier run is read back.
+            let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            (format!("s3://{bucket}/chaos-{}-{started}", args.seed), Some(proxy))
         }
         None => (work.display().to_string(), None),
     };
@@ -202,14 +206,7 @@ impl Teachers {
     async fn start(args: &ChaosArgs, latency_ms: u64) -> anyhow::Result<Teachers> {
         let config = |seed: u64, answers: std::collections::HashMap<String, String>| ServerConfig {
             fault_rate: args.fault_rate,
-            faults: vec![
-                Fault::Latency,
-                Fault::TooManyRequests,
-                Fault::InternalError,
-                Fault::Unavailable,
-                Fault::Reset,
-                Fault::TruncatedJson,
-            ],
+            faults: Fault::RETRYABLE.to_vec(),
             fault_latency_ms: 2 * latency_ms,
             latency_ms,
             retry_after_secs: 0,
@@ -280,7 +277,7 @@ runtime = {{ max_in_flight = 8, {runtime} }}
 teacher = "{teacher}"
 model = "test/{teacher}"
 max_tokens = 2048
-server = {{ endpoints = ["{}", "{}"], retry_attempts = 12, retry_min_delay_ms = 10, retry_max_delay_ms = 500, request_timeout_secs = 10 }}
+server = {{ endpoints = ["{}", "{}"], retry_attempts = 40, retry_min_delay_ms = 10, retry_max_delay_ms = 500, request_timeout_secs = 10 }}
 "#,
             servers[0].base_url(),
             servers[1].base_url()
@@ -600,6 +597,18 @@ impl Pipeline {
                     agreed.insert(sample.question_id.clone());
                 }
                 decided.insert(sample.question_id);
+            }
+        }
+        // A question whose sample went to the dead letters is settled too: it will never be
+        // decided (and the comparison reports the letter).
+        for record in self.read("dead-letters")? {
+            let letter: DeadLetter = decode(&record.payload)?;
+            let question = decode::<Question>(&letter.original)
+                .map(|q| q.id)
+                .or_else(|_| decode::<TeacherSample>(&letter.original).map(|s| s.question_id))
+                .or_else(|_| decode::<JudgedSample>(&letter.original).map(|j| j.sample.question_id));
+            if let Ok(question) = question {
+                decided.insert(question);
             }
         }
         let packed = |topic: &str| -> anyhow::Result<usize> {

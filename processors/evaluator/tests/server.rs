@@ -126,14 +126,7 @@ async fn metrics_equal_the_hand_computed_numbers() {
 async fn server_faults_are_retried_and_do_not_change_the_numbers() {
     let server = LlmServer::start(ServerConfig {
         fault_rate: 0.4,
-        faults: vec![
-            Fault::Latency,
-            Fault::TooManyRequests,
-            Fault::InternalError,
-            Fault::Unavailable,
-            Fault::Reset,
-            Fault::TruncatedJson,
-        ],
+        faults: Fault::RETRYABLE.to_vec(),
         fault_latency_ms: 10,
         retry_after_secs: 0,
         ..server_config()

@@ -42,8 +42,18 @@ pub fn locate(location: &str) -> anyhow::Result<ObjectLocation> {
 }
 
 /// An S3 store of `bucket` configured from the `AWS_*` environment variables.
+///
+/// Requests are retried for up to 4 minutes (backoff from 100 ms to 5 s) rather than
+/// object_store's default 10 quick attempts, which give up within seconds when the server
+/// refuses connections: a processor rides out an S3 restart instead of exiting (the chaos
+/// test stops S3 for a while; `distillery chaos` for 20 s).
 fn s3_builder(bucket: &str) -> AmazonS3Builder {
-    AmazonS3Builder::from_env().with_bucket_name(bucket)
+    let mut retry = object_store::RetryConfig::default();
+    retry.backoff.init_backoff = std::time::Duration::from_millis(100);
+    retry.backoff.max_backoff = std::time::Duration::from_secs(5);
+    retry.max_retries = 60;
+    retry.retry_timeout = std::time::Duration::from_secs(240);
+    AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry)
 }
 
 /// Makes a location readable as a local file: plain paths as they are; URLs are downloaded

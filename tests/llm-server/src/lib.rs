@@ -60,6 +60,17 @@ impl Fault {
         Fault::Length,
     ];
 
+    /// The faults a client retries until it gets the same answer as without them (all but a
+    /// truncated generation, which changes the sample's content).
+    pub const RETRYABLE: [Fault; 6] = [
+        Fault::Latency,
+        Fault::TooManyRequests,
+        Fault::InternalError,
+        Fault::Unavailable,
+        Fault::Reset,
+        Fault::TruncatedJson,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Fault::Latency => "latency",
