@@ -14,6 +14,9 @@ pub mod optim;
 pub mod schedule;
 pub mod train;
 
+/// candle as the trainer builds it (with or without `cuda`), for tools such as
+/// `distillery bench trainer` that drive the model directly.
+pub use candle_core;
 pub use config::TrainerSettings;
 pub use model::{KvCache, PackedRow, Student};
 pub use model_config::ModelConfig;

@@ -256,6 +256,31 @@ fn train_loop(
 
 /// One optimizer step over a global batch: gradients accumulated row by row, the loss averaged
 /// over all completion tokens of the batch.
+/// The gradients of one global batch: each row's summed completion cross-entropy divided by
+/// the batch's completion tokens (so the loss is the mean over the batch's completion tokens
+/// however rows split them), backward row by row into f32 accumulators. Returns the batch
+/// loss and the gradients (empty if no row has a completion token).
+pub fn batch_gradients<'a>(
+    student: &Student,
+    rows: impl Iterator<Item = &'a PackedRow> + Clone,
+) -> anyhow::Result<(f64, GradAccumulator)> {
+    let completion_tokens: usize = rows.clone().map(|row| row.completion_tokens()).sum();
+    let mut grads = GradAccumulator::default();
+    let mut loss_total = 0.0;
+    if completion_tokens > 0 {
+        for row in rows {
+            let (loss, count) = student.loss_sum(row)?;
+            if count == 0 {
+                continue;
+            }
+            let scaled = (loss / completion_tokens as f64)?;
+            loss_total += scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            grads.add(student.parameters(), &scaled.backward()?)?;
+        }
+    }
+    Ok((loss_total, grads))
+}
+
 fn train_step(
     runtime: &tokio::runtime::Handle,
     context: &StepContext,
@@ -268,19 +293,7 @@ fn train_step(
     let started = Instant::now();
     let completion_tokens: usize = batch.iter().map(|q| q.row.completion_tokens()).sum();
     let tokens: usize = batch.iter().map(|q| q.row.input_ids.len()).sum();
-    let mut grads = GradAccumulator::default();
-    let mut loss_total = 0.0;
-    if completion_tokens > 0 {
-        for queued in &batch {
-            let (loss, count) = student.loss_sum(&queued.row)?;
-            if count == 0 {
-                continue;
-            }
-            let scaled = (loss / completion_tokens as f64)?;
-            loss_total += scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            grads.add(student.parameters(), &scaled.backward()?)?;
-        }
-    }
+    let (loss_total, grads) = batch_gradients(student, batch.iter().map(|q| &q.row))?;
     let lr = schedule.lr(state.step);
     let grad_norm = if grads.is_empty() {
         tracing::warn!(step = state.step, "a batch without completion tokens: no update");
@@ -356,7 +369,8 @@ fn checkpoint_now(
     Ok(uri)
 }
 
-fn open_device(name: &str) -> anyhow::Result<Device> {
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn open_device(name: &str) -> anyhow::Result<Device> {
     if name == "cpu" {
         return Ok(Device::Cpu);
     }

@@ -5,6 +5,7 @@ mod judge;
 mod packer;
 mod runtime;
 mod sampler;
+mod trainer;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,17 @@ pub enum Bench {
         #[arg(long, default_value = "../shared/data/math500/test.jsonl")]
         math500: PathBuf,
     },
+    /// Training tokens/s and MFU of the trainer's candle decoder (forward + backward + AdamW
+    /// over packed rows, completion-masked cross-entropy) for named model shapes, beside the same
+    /// model in PyTorch eager (scripts/bench_trainer_torch.py) on the same rows in the same run.
+    Trainer(trainer::TrainerBenchArgs),
+    /// The trainer's custom ops (rms_norm, softmax, log_softmax, rope, packed attention,
+    /// cross-entropy) and a small model, forward and gradients, on --device against the CPU in
+    /// f32 and bf16; exits non-zero on any mismatch (part of scripts/gpu-check.sh).
+    TrainerOpsCheck(trainer::OpsCheckArgs),
+    /// A tiny model learns the trainer test's synthetic packed dataset on --device: exits
+    /// non-zero unless the loss falls by more than half (part of scripts/gpu-check.sh).
+    TrainerLearnCheck(trainer::LearnCheckArgs),
 }
 
 pub async fn run(which: Bench) -> anyhow::Result<()> {
@@ -71,6 +83,9 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         }
         Bench::Judge { math500 } => judge::run(&math500),
         Bench::Packer { traces, row_tokens, tekken } => packer::run(traces, row_tokens, tekken),
+        Bench::Trainer(args) => trainer::run(args),
+        Bench::TrainerOpsCheck(args) => trainer::ops_check(args),
+        Bench::TrainerLearnCheck(args) => trainer::learn_check(args),
     }
 }
 
