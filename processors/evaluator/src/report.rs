@@ -167,7 +167,12 @@ pub fn render_markdown(data: &ReportData) -> String {
                                 "{} ({}): {heading} has {} sample(s) per problem; pass@{PASS_K} needs {PASS_K}",
                                 row.run, row.style, e.samples_per_problem
                             ));
-                            format!("missing (n={})", e.samples_per_problem)
+                            // What the run did measure, beside the gap.
+                            let n = e.samples_per_problem.max(0) as usize;
+                            match pass_at(e, n) {
+                                Some(v) if n > 0 => format!("missing (n={n}; pass@{n} {})", percent(v)),
+                                _ => format!("missing (n={n})"),
+                            }
                         }
                     };
                     let _ = write!(md, " {pass} | {}{earlier} |", tokens(e.avg_generated_tokens));
@@ -502,7 +507,7 @@ mod tests {
         e.samples_per_problem = 4;
         e.pass_at_k.truncate(4);
         let md = render_markdown(&ReportData { experiment: "x".into(), evals: vec![e], ..Default::default() });
-        assert_eq!(table_row(&md, "r")[3], "missing (n=4)");
+        assert!(table_row(&md, "r")[3].starts_with("missing (n=4; pass@4 "), "{}", table_row(&md, "r")[3]);
         assert!(md.contains("AIME25 has 4 sample(s) per problem; pass@8 needs 8"));
     }
 
