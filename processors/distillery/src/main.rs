@@ -170,6 +170,12 @@ async fn main() -> anyhow::Result<()> {
             };
             let summary = registry::run_instance(run, shutdown::signal()).await?;
             println!("{summary}");
+            // Work abandoned at the shutdown deadline may still sit on a blocking thread (an
+            // in-process generation, a training step); the runtime would wait for it when
+            // dropped. Its input offsets are uncommitted, so the next owner redoes it: exit now.
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::process::exit(0);
         }
         Command::Topology { action: TopologyAction::Check { file } } => {
             let topology = load_topology(&file)?;
