@@ -30,7 +30,7 @@ async fn killing_anything_at_any_moment_changes_nothing_that_reaches_the_trainer
         kill_gap_max_ms: 600,
         fault_rate: 0.3,
         teacher_latency_ms: 300,
-        trainer_steps: 50,
+        trainer_steps: 100,
         teacher_down_secs: 10,
         s3_down_secs: 5,
         s3_bucket: Some("distillery".into()),

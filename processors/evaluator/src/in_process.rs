@@ -8,8 +8,9 @@ use candle_core::{DType, Device};
 use distillery_packer::template::ChatTemplate;
 use distillery_packer::tokenize::StudentTokenizer;
 use distillery_runtime::objects::get_bytes;
+use distillery_runtime::shutdown;
 use distillery_schemas::CheckpointEvent;
-use distillery_trainer::generate::{sample, Sampling};
+use distillery_trainer::generate::{sample_until, Sampling};
 use distillery_trainer::Student;
 use futures::future::BoxFuture;
 use serde_json::json;
@@ -83,11 +84,14 @@ impl Generator for LoadedCheckpoint {
                 };
                 let sampled = tokio::task::block_in_place(|| {
                     let student = self.student.lock().expect("a generation panicked");
-                    sample(&student, &ids, &self.stop, &sampling)
+                    sample_until(&student, &ids, &self.stop, &sampling, &shutdown::in_flight_abandoned)
                 })
                 .map_err(failed)?;
                 let text = self.tokenizer.decode(&sampled.tokens).map_err(failed)?;
                 generations.push(Generation::from_text(&text, sampled.tokens.len() as u64, sampled.truncated));
+                // An await point between samples: a task aborted at the shutdown deadline stops
+                // here instead of generating every remaining sample first.
+                tokio::task::yield_now().await;
             }
             Ok(generations)
         })

@@ -360,6 +360,7 @@ pub async fn run_processor<P: Processor>(
     let deadline = settings.shutdown_deadline();
     if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
         tracing::warn!(processor = %run.name, "{} record(s) still in flight after {deadline:?}: abandoned, they are replayed after restart", tasks.len());
+        crate::shutdown::abandon_in_flight();
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }

@@ -24,3 +24,17 @@ pub async fn signal() {
     }
     tracing::info!("shutdown requested");
 }
+
+static ABANDONED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called by the runner when the shutdown deadline passes with records still in flight: long
+/// blocking work (an in-process generation) checks [`in_flight_abandoned`] and stops, since
+/// an aborted task only stops at its next await point.
+pub fn abandon_in_flight() {
+    ABANDONED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether in-flight work was abandoned (see [`abandon_in_flight`]).
+pub fn in_flight_abandoned() -> bool {
+    ABANDONED.load(std::sync::atomic::Ordering::SeqCst)
+}

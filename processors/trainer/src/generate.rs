@@ -24,12 +24,24 @@ pub struct Sampled {
 }
 
 pub fn sample(student: &Student, prompt: &[u32], stop: &[u32], sampling: &Sampling) -> anyhow::Result<Sampled> {
+    sample_until(student, prompt, stop, sampling, &|| false)
+}
+
+/// [`sample`], giving up with an error as soon as `cancelled` says so (checked every token).
+pub fn sample_until(
+    student: &Student,
+    prompt: &[u32],
+    stop: &[u32],
+    sampling: &Sampling,
+    cancelled: &dyn Fn() -> bool,
+) -> anyhow::Result<Sampled> {
     anyhow::ensure!(!prompt.is_empty(), "an empty prompt");
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut cache = KvCache::default();
     let mut logits = student.forward_cached(prompt, &mut cache)?;
     let mut tokens = Vec::new();
     while tokens.len() < sampling.max_tokens {
+        anyhow::ensure!(!cancelled(), "generation cancelled");
         let next = pick(&logits.to_vec1::<f32>()?, sampling, &mut rng);
         if stop.contains(&next) {
             return Ok(Sampled { tokens, truncated: false });

@@ -308,3 +308,23 @@ impl Student {
         self.linear(&hidden, self.lm_head_name())?.squeeze(0)?.to_dtype(DType::F32)
     }
 }
+
+/// A tiny learnable packed dataset: 4 rows of three sequences "p, p+1, p+2, ... (mod 16)",
+/// the first two tokens of each a prompt (loss mask 0). A model with a 16-token vocabulary
+/// learns it from the previous token in a few dozen steps; the trainer's tests and `distillery
+/// bench trainer-learn-check` use it.
+pub fn learnable_rows() -> Vec<PackedRow> {
+    (0..4u32)
+        .map(|r| {
+            let (mut input_ids, mut loss_mask, mut sequence_lengths) = (Vec::new(), Vec::new(), Vec::new());
+            for s in 0..3u32 {
+                let start = (r * 3 + s) % 16;
+                let len = 6 + s as usize;
+                input_ids.extend((0..len as u32).map(|i| (start + i) % 16));
+                loss_mask.extend((0..len).map(|i| u8::from(i >= 2)));
+                sequence_lengths.push(len);
+            }
+            PackedRow { input_ids, loss_mask, sequence_lengths }
+        })
+        .collect()
+}

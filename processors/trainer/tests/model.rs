@@ -2,7 +2,9 @@
 //! sequence alone, the loss mask, and a tiny model that learns.
 
 use candle_core::{DType, Device, Tensor};
-use distillery_trainer::optim::{AdamW, AdamWSettings, GradAccumulator};
+use distillery_trainer::model::learnable_rows;
+use distillery_trainer::optim::{AdamW, AdamWSettings};
+use distillery_trainer::train::batch_gradients;
 use distillery_trainer::{ModelConfig, PackedRow, Student};
 
 fn micro_config() -> ModelConfig {
@@ -108,31 +110,11 @@ fn tiny_model_learns_a_packed_dataset() {
     let config = ModelConfig::tiny(16);
     let student = Student::random(config, 11, DType::F32, &Device::Cpu).unwrap();
     // Sequences "prompt p, then p+1, p+2, ... (mod 16)": learnable from the previous token.
-    let rows: Vec<PackedRow> = (0..4)
-        .map(|r| {
-            let (mut ids, mut mask, mut lens) = (Vec::new(), Vec::new(), Vec::new());
-            for s in 0..3u32 {
-                let start = (r * 3 + s) % 16;
-                let len = 6 + s as usize;
-                ids.extend((0..len as u32).map(|i| (start + i) % 16));
-                mask.extend((0..len).map(|i| u8::from(i >= 2)));
-                lens.push(len);
-            }
-            row(ids, mask, lens)
-        })
-        .collect();
-    let total: usize = rows.iter().map(|r| r.completion_tokens()).sum();
+    let rows = learnable_rows();
     let mut optimizer = AdamW::new(AdamWSettings { max_grad_norm: 1.0, ..AdamWSettings::default() });
     let mut losses = Vec::new();
     for _ in 0..60 {
-        let mut grads = GradAccumulator::default();
-        let mut loss_total = 0.0;
-        for r in &rows {
-            let (loss, _) = student.loss_sum(r).unwrap();
-            let scaled = (loss / total as f64).unwrap();
-            loss_total += scaled.to_scalar::<f32>().unwrap();
-            grads.add(student.parameters(), &scaled.backward().unwrap()).unwrap();
-        }
+        let (loss_total, grads) = batch_gradients(&student, rows.iter()).unwrap();
         optimizer.step(student.parameters(), grads, 1e-2).unwrap();
         losses.push(loss_total);
     }

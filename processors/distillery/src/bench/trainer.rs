@@ -12,7 +12,7 @@
 //!   tiny model, 60 AdamW steps on the device; the loss must fall by more than half.
 
 use distillery_trainer::candle_core::{self, DType, Device, Tensor, Var};
-use distillery_trainer::model::{PackedRow, Student};
+use distillery_trainer::model::{learnable_rows, PackedRow, Student};
 use distillery_trainer::model_config::ModelConfig;
 use distillery_trainer::ops::{self, RotaryTables};
 use distillery_trainer::optim::{AdamW, AdamWSettings};
@@ -1023,24 +1023,6 @@ fn model_check(device: &Device, dtype: DType, seed: u64) -> anyhow::Result<Check
 
 // ---------------------------------------------------------------------------------------------
 // trainer-learn-check
-
-/// The trainer test's synthetic dataset: sequences "p, p+1, p+2, ... (mod 16)" packed three to
-/// a row, the first two tokens of each a prompt.
-fn learnable_rows() -> Vec<PackedRow> {
-    (0..4u32)
-        .map(|r| {
-            let (mut ids, mut mask, mut lens) = (Vec::new(), Vec::new(), Vec::new());
-            for s in 0..3u32 {
-                let start = (r * 3 + s) % 16;
-                let len = 6 + s as usize;
-                ids.extend((0..len as u32).map(|i| (start + i) % 16));
-                mask.extend((0..len).map(|i| u8::from(i >= 2)));
-                lens.push(len);
-            }
-            PackedRow { input_ids: ids, loss_mask: mask, sequence_lengths: lens }
-        })
-        .collect()
-}
 
 pub fn learn_check(args: LearnCheckArgs) -> anyhow::Result<()> {
     let device = open_device(&args.device)?;
