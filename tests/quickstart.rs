@@ -37,6 +37,11 @@ fn the_quickstart_runs_every_stage_and_reports_each_topic() {
     assert_eq!(count("dead-letters"), 0);
     let report = std::fs::read_to_string(work.path().join("report/report.md")).unwrap();
     assert!(report.contains("Table 1") && report.contains("trainer-reference") && report.contains("trainer-concise"));
+    // Shards and checkpoints live under --work-dir, not the repository's work/quickstart.
+    for folder in ["shards/reference", "shards/concise", "checkpoints"] {
+        let entries = std::fs::read_dir(work.path().join(folder)).map(|d| d.count()).unwrap_or(0);
+        assert!(entries > 0, "nothing in {folder} under the work folder");
+    }
     let png = std::fs::read(work.path().join("report/loss_vs_step.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(stdout.contains("done in") && stdout.contains("report: "));

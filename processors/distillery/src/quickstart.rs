@@ -19,7 +19,8 @@ use tokio::sync::watch;
 #[derive(clap::Args)]
 pub struct QuickstartArgs {
     /// Folder for the broker's store and log (and, later, shards and checkpoints).
-    #[arg(long, default_value = "work/quickstart")]
+    /// Shards and checkpoints that the topology keeps under `work/quickstart/` move here too.
+    #[arg(long, default_value = DEFAULT_WORK_DIR)]
     work_dir: PathBuf,
     #[arg(long, default_value = "topology/quickstart.toml")]
     topology: PathBuf,
@@ -35,6 +36,21 @@ pub struct QuickstartArgs {
     /// Optimizer steps per student with `--student smollm2`.
     #[arg(long, default_value_t = 2)]
     smollm2_steps: i64,
+}
+
+const DEFAULT_WORK_DIR: &str = "work/quickstart";
+
+/// Moves the stores the topology keeps under the default work folder into `work_dir`, so two
+/// quickstarts with different `--work-dir`s never share shards or checkpoints.
+fn relocate_stores(topology: &mut Topology, work_dir: &std::path::Path) {
+    for instance in topology.processors.values_mut() {
+        for key in ["store", "checkpoint_store"] {
+            let Some(toml::Value::String(location)) = instance.settings.get_mut(key) else { continue };
+            if let Some(rest) = location.strip_prefix(DEFAULT_WORK_DIR) {
+                *location = format!("{}{rest}", work_dir.display());
+            }
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +98,7 @@ fn use_smollm2(topology: &mut Topology, gguf: &std::path::Path, steps: i64) -> a
 pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut topology = Topology::load(&args.topology)?;
+    relocate_stores(&mut topology, &args.work_dir);
     if args.student == Student::Smollm2 {
         let gguf = args.smollm2_gguf.clone().unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default())
