@@ -147,9 +147,10 @@ print("ok", len(cu) - 1)
     // NeMo's packed layout: np.load gives one dict per row.
     let npy = cluster.path("packed.npy");
     let export = std::process::Command::new(distillery_tests::distillery_bin())
-        .args(["export", "nemo", "--shards"])
-        .arg(cluster.path("shards"))
-        .arg("--out")
+        // From the topic: a shard the killed packer uploaded but never published is not data.
+        .args(["export", "nemo", "--topic", "shards.a", "--topology"])
+        .arg(&cluster.topology_path)
+        .args(["--bootstrap-servers", &cluster.broker.bootstrap_servers(), "--out"])
         .arg(&npy)
         .output()
         .unwrap();

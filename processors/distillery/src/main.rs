@@ -106,11 +106,21 @@ enum Command {
 #[derive(Subcommand)]
 enum ExportTarget {
     /// NeMo's packed-sequence `.npy` (`input_ids`, `loss_mask`, `seq_start_id` per pack) and
-    /// its packing metadata JSON, from every shard in a folder (checked against its manifest).
+    /// its packing metadata JSON: from the shards a shards topic published (--topic, read from
+    /// the broker; shards fetched from wherever their manifests point, S3 included), or from
+    /// every shard file in a local folder (--shards; this also takes a shard a killed packer
+    /// uploaded but never published).
     Nemo {
         /// Folder holding `shard-*.safetensors` and their `.json` manifests.
+        #[arg(long, required_unless_present = "topic", conflicts_with = "topic")]
+        shards: Option<PathBuf>,
+        /// A shards topic (short name, e.g. shards.gpt-oss) of --topology.
+        #[arg(long, requires = "topology")]
+        topic: Option<String>,
         #[arg(long)]
-        shards: PathBuf,
+        topology: Option<PathBuf>,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Output `.npy`; the metadata goes beside it as `<name>.metadata.json`.
         #[arg(long)]
         out: PathBuf,
@@ -244,8 +254,32 @@ async fn main() -> anyhow::Result<()> {
                 "the chaos run differs from the clean run (see the table above)"
             );
         }
-        Command::Export { target: ExportTarget::Nemo { shards, out } } => {
-            let summary = distillery_packer::nemo::export_folder(&shards, &out)?;
+        Command::Export { target: ExportTarget::Nemo { shards, topic, topology, broker, out } } => {
+            let summary = match (shards, topic, topology) {
+                (Some(shards), _, _) => distillery_packer::nemo::export_folder(&shards, &out)?,
+                (None, Some(topic), Some(topology)) => {
+                    let topology = load_topology(&topology)?;
+                    let connection = connect(&topology, &broker)?;
+                    let name = topology.topic_name(&topic);
+                    let records = tokio::task::spawn_blocking(move || {
+                        reader::read_to_end(&connection, &name, Duration::from_secs(600))
+                    })
+                    .await??;
+                    let manifests = records
+                        .iter()
+                        .map(|r| distillery_schemas::decode::<distillery_schemas::ShardManifest>(&r.payload))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let runtime = tokio::runtime::Handle::current();
+                    tokio::task::block_in_place(|| {
+                        distillery_packer::nemo::export_published(
+                            &manifests,
+                            |uri| runtime.block_on(distillery_runtime::objects::get_bytes(uri)),
+                            &out,
+                        )
+                    })?
+                }
+                _ => anyhow::bail!("give --shards FOLDER, or --topic NAME with --topology FILE"),
+            };
             println!("{summary}");
         }
     }

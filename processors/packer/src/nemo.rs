@@ -146,6 +146,9 @@ pub fn npy_bytes(packs: &[NemoPack]) -> Vec<u8> {
 }
 
 /// Exports every shard of a folder (in shard-name order) to `out` and its metadata JSON.
+/// Every shard file counts, including one a packer uploaded but was killed before publishing
+/// (its questions are in another, published shard too); [`export_published`] reads only what
+/// the shards topic published.
 pub fn export_folder(shards: &std::path::Path, out: &std::path::Path) -> anyhow::Result<String> {
     let mut files: Vec<_> = std::fs::read_dir(shards)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -153,14 +156,46 @@ pub fn export_folder(shards: &std::path::Path, out: &std::path::Path) -> anyhow:
         .collect();
     files.sort();
     anyhow::ensure!(!files.is_empty(), "no .safetensors shards in {}", shards.display());
-    let (mut packs, mut pack_size) = (Vec::new(), 0);
+    let mut loaded = Vec::new();
     for file in &files {
         let manifest: crate::shard::ShardFileManifest =
             serde_json::from_slice(&std::fs::read(file.with_extension("json"))?)
                 .map_err(|e| anyhow::anyhow!("{}: manifest: {e}", file.display()))?;
         let shard = crate::shard::read_shard(&std::fs::read(file)?, Some(&manifest.sha256))?;
-        pack_size = pack_size.max(manifest.row_capacity);
-        packs.extend(packs_of(&shard));
+        loaded.push((manifest.row_capacity, shard));
+    }
+    write_export(loaded, out)
+}
+
+/// Exports the shards of published manifests (a shards topic, de-duplicated, in shard-index
+/// order), each fetched with `fetch` and checked against its manifest's checksum.
+pub fn export_published(
+    manifests: &[distillery_schemas::ShardManifest],
+    fetch: impl Fn(&str) -> anyhow::Result<Vec<u8>>,
+    out: &std::path::Path,
+) -> anyhow::Result<String> {
+    let mut unique: Vec<&distillery_schemas::ShardManifest> = Vec::new();
+    for manifest in manifests {
+        if !unique.iter().any(|m| m.id == manifest.id) {
+            unique.push(manifest);
+        }
+    }
+    unique.sort_by_key(|m| (m.shard_index, m.id.clone()));
+    anyhow::ensure!(!unique.is_empty(), "no shard manifests to export");
+    let mut loaded = Vec::new();
+    for manifest in unique {
+        let shard = crate::shard::read_shard(&fetch(&manifest.uri)?, Some(&manifest.sha256))
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", manifest.uri))?;
+        loaded.push((manifest.row_capacity as usize, shard));
+    }
+    write_export(loaded, out)
+}
+
+fn write_export(shards: Vec<(usize, ShardTensors)>, out: &std::path::Path) -> anyhow::Result<String> {
+    let (mut packs, mut pack_size) = (Vec::new(), 0);
+    for (row_capacity, shard) in &shards {
+        pack_size = pack_size.max(*row_capacity);
+        packs.extend(packs_of(shard));
     }
     std::fs::write(out, npy_bytes(&packs))?;
     let meta = metadata(&packs, pack_size);
@@ -169,7 +204,7 @@ pub fn export_folder(shards: &std::path::Path, out: &std::path::Path) -> anyhow:
     Ok(format!(
         "{} packs from {} shards -> {} (metadata {}), packing efficiency {:.1}%",
         packs.len(),
-        files.len(),
+        shards.len(),
         out.display(),
         meta_path.display(),
         meta.packing_efficiency
