@@ -8,7 +8,7 @@ use crate::progress::LiveProgress;
 use crate::registry;
 use distillery_runtime::broker::{BrokerStore, LocalBroker};
 use distillery_runtime::reader::{group_lag, read_to_end};
-use distillery_runtime::{admin, telemetry, ProcessorRun, Topology};
+use distillery_runtime::{admin, telemetry, Topology};
 use distillery_schemas::{decode, AgreedSample, DeadLetter, RecordKind, ShardManifest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,18 +124,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let mut consumers = Vec::new();
     let mut sources = Vec::new();
     for (name, instance) in topology.processors.iter() {
-        for replica in 0..instance.replicas {
-            let run = ProcessorRun {
-                topology: topology.clone(),
-                name: name.clone(),
-                replica: replica.to_string(),
-                connection: connection.clone(),
-            };
-            let mut stop = stop_rx.clone();
-            let stopped = async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            };
-            let task = tokio::spawn(registry::run_instance(run, stopped));
+        for task in registry::spawn_replicas(&topology, name, &connection, &stop_rx) {
             if instance.inputs.is_empty() {
                 sources.push((name.clone(), task));
             } else {

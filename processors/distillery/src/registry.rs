@@ -160,3 +160,28 @@ pub async fn run_instance(
         ),
     }
 }
+
+/// Starts every replica of processor `name` as a task of this process; each stops when `stop`
+/// turns true (the quickstart and replay run whole topologies in one process this way).
+pub fn spawn_replicas(
+    topology: &std::sync::Arc<distillery_runtime::Topology>,
+    name: &str,
+    connection: &distillery_runtime::Connection,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<String>>> {
+    (0..topology.processors[name].replicas)
+        .map(|replica| {
+            let run = ProcessorRun {
+                topology: topology.clone(),
+                name: name.to_string(),
+                replica: replica.to_string(),
+                connection: connection.clone(),
+            };
+            let mut stop = stop.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            };
+            tokio::spawn(run_instance(run, stopped))
+        })
+        .collect()
+}

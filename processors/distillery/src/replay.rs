@@ -25,7 +25,7 @@ use crate::registry;
 use distillery_runtime::broker::{BrokerStore, LocalBroker};
 use distillery_runtime::reader::{end_offset_total, group_lag, read_to_end};
 use distillery_runtime::topology::{valid_experiment, DEAD_LETTERS};
-use distillery_runtime::{admin, shutdown, Connection, ProcessorRun, Topology};
+use distillery_runtime::{admin, shutdown, Connection, Topology};
 use distillery_schemas::{decode, AgreedSample, DeadLetter, ShardManifest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -265,18 +265,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for name in &plan.processors {
-        for replica in 0..topology.processors[name].replicas {
-            let run = ProcessorRun {
-                topology: topology.clone(),
-                name: name.clone(),
-                replica: replica.to_string(),
-                connection: connection.clone(),
-            };
-            let mut stop = stop_rx.clone();
-            let stopped = async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            };
-            tasks.push((name.clone(), tokio::spawn(registry::run_instance(run, stopped))));
+        for task in registry::spawn_replicas(&topology, name, &connection, &stop_rx) {
+            tasks.push((name.clone(), task));
         }
     }
 
