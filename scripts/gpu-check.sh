@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The trainer's GPU checks, in one go, for a machine with an NVIDIA H100/H200 and a CUDA build of
-# `distillery` (`cargo build --release -p distillery --features cuda`; ../shared/gpu/README.md
+# `distillery` (`cargo build --release -p distillery --features cuda`; docs/gpu.md
 # says how to build it on a machine without a GPU and carry it to one).
 #
 #   scripts/gpu-check.sh [--device cuda|cuda:N|cpu] [--bin PATH] [--python PATH]

@@ -38,8 +38,8 @@ every_steps = 200
 model = "student-{style}"
 server = { endpoints = ["URL"], retry_attempts = 5, retry_min_delay_ms = 10, retry_max_delay_ms = 100 }
 benchmarks = [
-  { name = "gsm8k", uri = "{repo}/topology/data/gsm8k-test-head.jsonl", format = "gsm8k", limit = 4 },
-  { name = "aime25", uri = "{repo}/topology/data/aime25.jsonl", format = "aime", limit = 3 },
+  { name = "gsm8k", uri = "{repo}/topology/data/benchmarks/gsm8k/test.jsonl", format = "gsm8k", limit = 4 },
+  { name = "aime25", uri = "{repo}/topology/data/benchmarks/aime25/test.jsonl", format = "aime", limit = 3 },
   { name = "math500", uri = "{repo}/processors/evaluator/tests/fixtures/arithmetic.jsonl", format = "fields", problem_field = "question", answer_field = "answer", id_field = "id" },
 ]
 "#;

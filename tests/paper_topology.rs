@@ -40,6 +40,11 @@ fn the_paper_topology_reproduces_the_papers_parameters() {
     );
     // Judge and agreement: Qwen3-30B-A3B-Thinking-2507; keep questions both teachers solved.
     assert_eq!(setting(&t, "judge", "model").as_str(), Some("Qwen/Qwen3-30B-A3B-Thinking-2507"));
+    // ... with the paper's Appendix A system prompt (the judge's default: no `prompt_file`).
+    let judge = distillery_judge::config::JudgeSettings::from_table(&t.processors["judge"].settings).unwrap();
+    assert_eq!(judge.prompt_file, None);
+    assert_eq!(judge.system_prompt().unwrap(), distillery_judge::config::DEFAULT_SYSTEM_PROMPT);
+    assert!(distillery_judge::config::DEFAULT_SYSTEM_PROMPT.starts_with("You are a meticulous and intelligent judge"));
     let required: Vec<_> =
         setting(&t, "agreement", "required_teachers").as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(required, ["gpt-oss-120b", "deepseek-r1"]);

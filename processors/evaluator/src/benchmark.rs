@@ -65,8 +65,8 @@ mod tests {
             r#"
             backend = "in-process"
             benchmarks = [
-              {{ name = "gsm8k", uri = "{0}/topology/data/gsm8k-test-head.jsonl", format = "gsm8k" }},
-              {{ name = "aime25", uri = "{0}/topology/data/aime25.jsonl", format = "aime", limit = 3 }},
+              {{ name = "gsm8k", uri = "{0}/topology/data/benchmarks/gsm8k/test.jsonl", format = "gsm8k", limit = 60 }},
+              {{ name = "aime25", uri = "{0}/topology/data/benchmarks/aime25/test.jsonl", format = "aime", limit = 3 }},
             ]
             "#,
             repo_root().display()

@@ -38,7 +38,7 @@ pub struct EvaluatorSettings {
     pub benchmarks: Vec<Benchmark>,
     /// Folder (local path or object-store URL) holding the benchmarks given by name, laid out
     /// as `{data_dir}/gsm8k/test.jsonl`, `{data_dir}/math500/test.jsonl`,
-    /// `{data_dir}/aime25/test.jsonl` (the layout of the project's shared data folder).
+    /// `{data_dir}/aime25/test.jsonl` (the layout of `topology/data/benchmarks/`, which ships the three).
     #[serde(default)]
     pub data_dir: Option<String>,
     /// Evaluate only the first N problems of every benchmark (a benchmark's own `limit` wins).

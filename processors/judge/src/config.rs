@@ -3,9 +3,10 @@
 use distillery_openai::ClientSettings;
 use serde::Deserialize;
 
-/// The judge's system prompt shipped with the project (see README: the paper's Appendix A
-/// text goes in a file named by `prompt_file`).
-pub const DEFAULT_SYSTEM_PROMPT: &str = include_str!("../prompts/judge_system_prompt.txt");
+/// The judge's default system prompt: the paper's Appendix A text, byte for byte (arXiv
+/// 2511.19333; `prompts/SOURCES.md` says how its line breaks were restored). `prompt_file`
+/// replaces it.
+pub const DEFAULT_SYSTEM_PROMPT: &str = include_str!("../prompts/judge-appendix-a.txt");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,7 +21,7 @@ pub struct JudgeSettings {
     /// The judge model's servers; required unless `mode = "rules-only"`.
     #[serde(default)]
     pub server: Option<ClientSettings>,
-    /// File holding the system prompt, sent verbatim; the shipped prompt when absent.
+    /// File holding the system prompt, sent verbatim; the paper's Appendix A prompt when absent.
     #[serde(default)]
     pub prompt_file: Option<String>,
     #[serde(default = "default_temperature")]

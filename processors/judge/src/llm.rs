@@ -11,9 +11,30 @@ pub fn judge_message(expected: &str, answer: &str) -> String {
     format!("<CORRECT_ANSWER>\n{expected}\n</CORRECT_ANSWER>\n\n<GENERATED_ANSWER>\n{answer}\n</GENERATED_ANSWER>")
 }
 
-/// The last verdict word in a reply. "MISMATCH" contains "MATCH", so a MATCH only counts when
-/// it is not the tail of a MISMATCH.
+/// The verdict of a reply (the judge's answer, never its reasoning). The paper's prompt asks
+/// for **MATCH** or **MISMATCH** in bold, so the last bold verdict wins: a reply that weighs
+/// both words while it reasons ("a **MATCH** would need..., so: **MISMATCH**") or names the
+/// other one after its verdict ("**MATCH** (not a MISMATCH: ...)") is read by its bold word.
+/// Without a bold verdict, the last of the two words counts.
 pub fn parse_verdict(reply: &str) -> Option<Verdict> {
+    last_bold_verdict(reply).or_else(|| last_verdict_word(reply))
+}
+
+/// The last `**MATCH**` / `**MISMATCH**` (spaces and punctuation inside the stars allowed).
+fn last_bold_verdict(reply: &str) -> Option<Verdict> {
+    // Splitting on "**" puts every bold span at an odd index.
+    reply.split("**").skip(1).step_by(2).filter_map(|span| {
+        match span.trim_matches(|c: char| !c.is_alphanumeric()) {
+            "MATCH" => Some(Verdict::Match),
+            "MISMATCH" => Some(Verdict::Mismatch),
+            _ => None,
+        }
+    }).last()
+}
+
+/// The last verdict word anywhere in the reply. "MISMATCH" contains "MATCH", so a MATCH only
+/// counts when it is not the tail of a MISMATCH.
+fn last_verdict_word(reply: &str) -> Option<Verdict> {
     let last_mismatch = reply.rfind("MISMATCH");
     // `ends_with` on the text before the match, not a byte slice `[i - 3..i]`: that slice
     // panicked when a multi-byte character sat there ("€xxMATCH").
@@ -125,6 +146,25 @@ mod tests {
         assert_eq!(parse_verdict("MATCH? No. MISMATCH"), Some(Verdict::Mismatch));
         assert_eq!(parse_verdict("I cannot tell."), None);
         assert_eq!(parse_verdict(""), None);
+    }
+
+    #[test]
+    fn a_bold_verdict_wins_over_verdict_words_around_it() {
+        // The paper's prompt asks for the verdict in bold.
+        assert_eq!(parse_verdict("Both give 7.\n\n**MATCH**"), Some(Verdict::Match));
+        assert_eq!(parse_verdict("**Verdict:** **MISMATCH**"), Some(Verdict::Mismatch));
+        // Weighing both words while reasoning, then deciding.
+        assert_eq!(
+            parse_verdict("A MATCH would need 7 = 8; it is not, so MATCH is wrong.\n\n**MISMATCH**"),
+            Some(Verdict::Mismatch)
+        );
+        // Naming the other word after the bold verdict.
+        assert_eq!(parse_verdict("**MATCH**\n\n(Not a MISMATCH: 0.5 and 1/2 are equal.)"), Some(Verdict::Match));
+        // The as-printed PDF broke "**MATCH\n**"; spaces and punctuation inside the stars.
+        assert_eq!(parse_verdict("Verdict: **MATCH\n**"), Some(Verdict::Match));
+        assert_eq!(parse_verdict("Verdict: ** MISMATCH. **"), Some(Verdict::Mismatch));
+        // Bold text that is no verdict does not count.
+        assert_eq!(parse_verdict("**Step 1:** compare. Result: MISMATCH"), Some(Verdict::Mismatch));
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! The verifier on the real answer formats of MATH-500 and GSM8K (../shared/data): every gold
+//! The verifier on the real answer formats of MATH-500 and GSM8K (`topology/data/benchmarks`): every gold
 //! answer against itself rewritten in equivalent forms must MATCH, and against wrong values
 //! must never MATCH.
 
 use distillery_judge::verify::{compare, verify, RuleVerdict};
 use std::path::PathBuf;
 
-fn shared_data(path: &str) -> Vec<serde_json::Value> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(path);
+fn benchmark_rows(path: &str) -> Vec<serde_json::Value> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topology/data/benchmarks").join(path);
     std::fs::read_to_string(&root)
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .lines()
@@ -16,10 +16,10 @@ fn shared_data(path: &str) -> Vec<serde_json::Value> {
 
 fn gold_answers() -> Vec<(String, String)> {
     let mut answers = Vec::new();
-    for row in shared_data("math500/test.jsonl") {
+    for row in benchmark_rows("math500/test.jsonl") {
         answers.push(("math500".to_string(), row["answer"].as_str().unwrap().to_string()));
     }
-    for row in shared_data("gsm8k/test.jsonl") {
+    for row in benchmark_rows("gsm8k/test.jsonl") {
         let solution = row["answer"].as_str().unwrap();
         let gold = solution.rsplit_once("####").unwrap().1.trim().replace(',', "");
         answers.push(("gsm8k".to_string(), gold));

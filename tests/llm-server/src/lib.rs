@@ -10,8 +10,8 @@
 //! script right and wrong answers with it. [`ServerConfig::seeded_answers`] scripts answers that
 //! differ between samples of one problem: the request's `seed` picks one (None: a truncated
 //! generation), so a test knows which sample got which answer whatever the request order. Asked as a judge (a user message with `<CORRECT_ANSWER>`
-//! and `<GENERATED_ANSWER>`), it replies MATCH when the generated answer contains the correct
-//! one, else MISMATCH. With [`ServerConfig::api_key`] it refuses requests without that bearer
+//! and `<GENERATED_ANSWER>`), it answers **MATCH** when the generated answer contains the
+//! correct one, else **MISMATCH**, after reasoning that names the opposite verdict last. With [`ServerConfig::api_key`] it refuses requests without that bearer
 //! token (401), and [`ServerConfig::echo_credentials_problems`] makes it quote the request's
 //! Authorization header back in an error, as a misconfigured proxy might.
 
@@ -387,8 +387,16 @@ fn judge_reply(message: &str) -> Option<String> {
     };
     let correct = between("<CORRECT_ANSWER>", "</CORRECT_ANSWER>")?;
     let generated = between("<GENERATED_ANSWER>", "</GENERATED_ANSWER>")?;
-    let verdict = if !correct.is_empty() && generated.contains(&correct) { "MATCH" } else { "MISMATCH" };
-    Some(format!("Comparing the final answers.\n{verdict}"))
+    let (verdict, other) =
+        if !correct.is_empty() && generated.contains(&correct) { ("MATCH", "MISMATCH") } else { ("MISMATCH", "MATCH") };
+    Some(format!("Comparing the final answers.\n\n**{verdict}**\n\n(not a {other})"))
+}
+
+/// A thinking judge's reasoning: it weighs both verdicts and ends on the wrong one, so a client
+/// that read the verdict from the reasoning instead of the answer would get it wrong.
+fn judge_reasoning(reply: &str) -> String {
+    let wrong = if reply.contains("**MATCH**") { "MISMATCH" } else { "MATCH" };
+    format!("Is it a MATCH or a MISMATCH? Let me compare the two values... {wrong}")
 }
 
 fn completion(config: &ServerConfig, request: &Value, truncated: bool) -> Value {
@@ -399,7 +407,7 @@ fn completion(config: &ServerConfig, request: &Value, truncated: bool) -> Value 
             "object": "chat.completion",
             "created": 0,
             "model": request["model"].as_str().unwrap_or("judge"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "reasoning": "Let me compare.", "content": reply}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "reasoning": judge_reasoning(&reply), "content": reply}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
         });
     }

@@ -56,8 +56,8 @@ pub enum Bench {
     /// values): answers/s and agreement with the labels, beside Hugging Face's math-verify on
     /// the same pairs; and the share it decides without the LLM judge.
     Judge {
-        /// MATH-500 `test.jsonl` (the real file ships in ../shared/data).
-        #[arg(long, default_value = "../shared/data/math500/test.jsonl")]
+        /// MATH-500 `test.jsonl` (shipped in topology/data/benchmarks).
+        #[arg(long, default_value = "topology/data/benchmarks/math500/test.jsonl")]
         math500: PathBuf,
     },
     /// Training tokens/s and MFU of the trainer's candle decoder (forward + backward + AdamW
