@@ -48,22 +48,54 @@ fn the_paper_topology_reproduces_the_papers_parameters() {
     let required: Vec<_> =
         setting(&t, "agreement", "required_teachers").as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(required, ["gpt-oss-120b", "deepseek-r1"]);
-    // Packing: 60k-token rows, first-fit-decreasing, the student's (Nemotron-Nano-12B-v2) template.
-    for packer in ["packer-gpt-oss", "packer-deepseek-r1"] {
-        assert_eq!(setting(&t, packer, "row_tokens").as_integer(), Some(60_000));
-        assert_eq!(setting(&t, packer, "algorithm").as_str(), Some("first-fit-decreasing"));
-        assert!(setting(&t, packer, "tokenizer_config").as_str().unwrap().contains("NVIDIA-Nemotron-Nano-12B-v2"));
-    }
-    // Training: 3,000 steps, global batch 64, AdamW, lr 5e-6, warmup 3% from 5e-7, cosine, completion-only loss.
-    for trainer in ["trainer-gpt-oss", "trainer-deepseek-r1"] {
-        assert_eq!(setting(&t, trainer, "steps").as_integer(), Some(3000));
-        assert_eq!(setting(&t, trainer, "global_batch_rows").as_integer(), Some(64));
-        assert_eq!(setting(&t, trainer, "optimizer").as_str(), Some("adamw"));
-        assert_eq!(setting(&t, trainer, "learning_rate").as_float(), Some(5e-6));
-        assert_eq!(setting(&t, trainer, "warmup_ratio").as_float(), Some(0.03));
-        assert_eq!(setting(&t, trainer, "warmup_start_lr").as_float(), Some(5e-7));
-        assert_eq!(setting(&t, trainer, "lr_schedule").as_str(), Some("cosine"));
-        assert_eq!(setting(&t, trainer, "loss_on").as_str(), Some("completion"));
+    // Two teacher styles x two students: four packers and four trainers. Every sample is
+    // rendered with the Nemotron-Nano-12B-v2 chat template and tokenized with the student's
+    // own tokenizer (Nemotron's, and Mistral-Nemo's Tekken); 60k-token rows by
+    // first-fit-decreasing.
+    let students = [
+        ("nemotron", "NVIDIA-Nemotron-Nano-12B-v2-Base", "tokenizer.json"),
+        ("mistral-nemo", "Mistral-Nemo-Base-2407", "tekken.json"),
+    ];
+    let styles = [("gpt-oss", "gpt-oss-120b"), ("deepseek-r1", "deepseek-r1")];
+    let packers: Vec<_> = t.processors.iter().filter(|(_, p)| p.kind == "packer").map(|(n, _)| n.as_str()).collect();
+    let trainers: Vec<_> = t.processors.iter().filter(|(_, p)| p.kind == "trainer").map(|(n, _)| n.as_str()).collect();
+    assert_eq!(packers.len(), 4, "{packers:?}");
+    assert_eq!(trainers.len(), 4, "{trainers:?}");
+    for (student, model, tokenizer_file) in students {
+        for (style, teacher) in styles {
+            let packer = format!("packer-{student}-{style}");
+            let shards = format!("shards.{student}.{style}");
+            assert_eq!(t.processors[&packer].outputs["shards"], shards);
+            assert_eq!(setting(&t, &packer, "style").as_str(), Some(teacher));
+            assert_eq!(setting(&t, &packer, "row_tokens").as_integer(), Some(60_000));
+            assert_eq!(setting(&t, &packer, "algorithm").as_str(), Some("first-fit-decreasing"));
+            assert!(setting(&t, &packer, "tokenizer_config")
+                .as_str()
+                .unwrap()
+                .contains("NVIDIA-Nemotron-Nano-12B-v2/"));
+            let tokenizer = setting(&t, &packer, "tokenizer").as_str().unwrap();
+            assert!(tokenizer.contains(model) && tokenizer.ends_with(tokenizer_file), "{packer}: {tokenizer}");
+            assert_eq!(t.topics[&shards].partitions, 1, "one shard order for every restart");
+
+            // Training: the torch engine, 3,000 steps, global batch 64, AdamW, lr 5e-6, warmup
+            // 3% from 5e-7, cosine, completion-only loss.
+            let trainer = format!("trainer-{student}-{style}");
+            assert_eq!(t.processors[&trainer].inputs, [shards.clone()]);
+            let settings = distillery_trainer::TrainerSettings::from_table(&t.processors[&trainer].settings).unwrap();
+            assert_eq!(settings.engine, distillery_trainer::config::TrainerEngine::Torch);
+            assert_eq!(settings.student, format!("s3://models/{model}"));
+            assert_eq!(settings.style, teacher);
+            assert_eq!(settings.steps, 3000);
+            assert_eq!(settings.global_batch_rows, 64);
+            assert_eq!(settings.optimizer, "adamw");
+            assert_eq!(settings.learning_rate, 5e-6);
+            assert_eq!(settings.warmup_ratio, 0.03);
+            assert_eq!(settings.warmup_start_lr, 5e-7);
+            assert_eq!(settings.lr_schedule, "cosine");
+            assert_eq!(settings.loss_on, "completion");
+            let torch = settings.torch.expect("torch settings");
+            assert!(torch.nproc_per_node >= 1 && torch.activation_checkpointing);
+        }
     }
     // Evaluation: GSM8K, AIME25, MATH-500 at temperature 0.6, top_p 0.95, 32,768 tokens, 8 samples.
     let benchmarks: Vec<_> =

@@ -7,6 +7,7 @@
 //! - `replay`: a new experiment from a retained topic of an earlier one.
 //! - `report`: the paper's report from an experiment's eval-results and train-metrics.
 //! - `bench`: `distillery bench ...`, each against a baseline measured in the same run.
+//! - `torchrun`: the torch trainer engine's launcher (`engine = "torch"`).
 
 pub mod bench;
 pub mod chaos;
@@ -15,3 +16,4 @@ pub mod quickstart;
 pub mod registry;
 pub mod replay;
 pub mod report;
+pub mod torchrun;

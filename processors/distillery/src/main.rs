@@ -178,7 +178,17 @@ async fn main() -> anyhow::Result<()> {
                 replica: replica.unwrap_or_else(default_replica),
                 connection,
             };
-            let summary = registry::run_instance(run, shutdown::signal()).await?;
+            let summary = match registry::run_instance(run, shutdown::signal()).await {
+                Ok(summary) => summary,
+                // The torch engine's exit status is the run's (a supervisor reads it).
+                Err(e) => match e.downcast_ref::<distillery::torchrun::EngineExit>() {
+                    Some(exit) => {
+                        eprintln!("Error: {e}");
+                        std::process::exit(exit.code);
+                    }
+                    None => return Err(e),
+                },
+            };
             println!("{summary}");
             // Work abandoned at the shutdown deadline may still sit on a blocking thread (an
             // in-process generation, a training step); the runtime would wait for it when

@@ -11,6 +11,7 @@ use distillery_runtime::topology::ProcessorTypeSpec;
 use distillery_runtime::{run_processor, Processor, ProcessorRun};
 use distillery_sampler::{Sampler, SamplerSettings};
 use distillery_schemas::RecordKind;
+use distillery_trainer::config::TrainerEngine;
 use distillery_trainer::TrainerSettings;
 use std::future::Future;
 
@@ -146,8 +147,13 @@ pub async fn run_instance(
         }
         "trainer" => {
             let settings = TrainerSettings::from_table(&instance.settings).map_err(settings_error)?;
-            let summary = distillery_trainer::run(settings, run, shutdown).await?;
-            Ok(format!("{summary:?}"))
+            match settings.engine {
+                TrainerEngine::Candle => {
+                    let summary = distillery_trainer::run(settings, run, shutdown).await?;
+                    Ok(format!("{summary:?}"))
+                }
+                TrainerEngine::Torch => crate::torchrun::run(&run, &settings, shutdown).await,
+            }
         }
         "evaluator" => {
             let settings = EvaluatorSettings::from_table(&instance.settings).map_err(settings_error)?;

@@ -23,13 +23,16 @@ pub fn parse_verdict(reply: &str) -> Option<Verdict> {
 /// The last `**MATCH**` / `**MISMATCH**` (spaces and punctuation inside the stars allowed).
 fn last_bold_verdict(reply: &str) -> Option<Verdict> {
     // Splitting on "**" puts every bold span at an odd index.
-    reply.split("**").skip(1).step_by(2).filter_map(|span| {
-        match span.trim_matches(|c: char| !c.is_alphanumeric()) {
+    reply
+        .split("**")
+        .skip(1)
+        .step_by(2)
+        .filter_map(|span| match span.trim_matches(|c: char| !c.is_alphanumeric()) {
             "MATCH" => Some(Verdict::Match),
             "MISMATCH" => Some(Verdict::Mismatch),
             _ => None,
-        }
-    }).last()
+        })
+        .last()
 }
 
 /// The last verdict word anywhere in the reply. "MISMATCH" contains "MATCH", so a MATCH only

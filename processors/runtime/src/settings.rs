@@ -1,11 +1,11 @@
 //! Settings shared by every processor: how to reach Kafka, and how the consume loop behaves.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// `[kafka]` in a topology.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     /// Broker list, or "embedded" to start the local Kafka-API broker (Nisshi) in-process for
@@ -39,7 +39,7 @@ impl Default for KafkaSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Delivery {
     #[default]
@@ -63,7 +63,7 @@ impl KafkaSettings {
 }
 
 /// `[processors.NAME.runtime]`: how the runtime drives one processor.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
     /// Records processed at once per replica. HTTP-bound stages (samplers, judge) want

