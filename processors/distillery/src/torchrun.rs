@@ -38,6 +38,8 @@ pub fn command_line(
         "torch.distributed.run".into(),
         format!("--nproc_per_node={}", torch.nproc_per_node),
         format!("--nnodes={}", torch.nnodes),
+        // After SIGTERM the ranks checkpoint; torchrun's own 30 s would cut a large upload short.
+        format!("--shutdown-timeout={}", torch.shutdown_timeout_secs),
     ];
     match &torch.rdzv_endpoint {
         // A rendezvous on this machine only: torchrun picks a free port itself.
@@ -168,7 +170,7 @@ mod tests {
         assert_eq!(program, "/venv/bin/python");
         assert_eq!(
             args.join(" "),
-            "-m torch.distributed.run --nproc_per_node=2 --nnodes=1 --standalone -m distillery_torch \
+            "-m torch.distributed.run --nproc_per_node=2 --nnodes=1 --shutdown-timeout=900 --standalone -m distillery_torch \
              --topology /tmp/t.toml --processor trainer-a --bootstrap-servers 127.0.0.1:9092 --replica r1"
         );
     }
@@ -178,7 +180,7 @@ mod tests {
         let (run, torch) = trainer_run(r#"nproc_per_node = 8, nnodes = 4, rdzv_endpoint = "node-0:29400""#);
         let (_, args) = command_line(&run, &torch, std::path::Path::new("/tmp/t.toml"));
         let args = args.join(" ");
-        assert!(args.contains("--nproc_per_node=8 --nnodes=4 --rdzv_backend=c10d --rdzv_endpoint=node-0:29400 --rdzv_id=exp1.trainer-a"), "{args}");
+        assert!(args.contains("--nproc_per_node=8 --nnodes=4 --shutdown-timeout=900 --rdzv_backend=c10d --rdzv_endpoint=node-0:29400 --rdzv_id=exp1.trainer-a"), "{args}");
         assert!(!args.contains("--standalone"));
     }
 

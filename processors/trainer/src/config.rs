@@ -126,17 +126,35 @@ pub struct TorchSettings {
     /// Recompute each decoder layer's activations in backward instead of keeping them.
     #[serde(default)]
     pub activation_checkpointing: bool,
-    /// Attention over packed rows: "auto" (flex attention on CUDA, SDPA with a block-diagonal
-    /// mask on CPU), "flex" or "sdpa".
+    /// How attention keeps packed sequences apart: "auto" (`varlen` on CUDA, `sdpa` on CPU),
+    /// "sdpa" (one SDPA call per row with a block-diagonal causal mask; memory grows with the
+    /// row length squared), "flex" (flex attention with a block mask from the sequence
+    /// boundaries) or "varlen" (PyTorch's variable-length flash/cuDNN kernel, CUDA only).
     #[serde(default = "default_attention")]
     pub attention: String,
-    /// Tokens per chunk of the output projection + cross-entropy, so rows x vocabulary
-    /// logits are never all in memory at once.
+    /// Positions whose logits exist at once when the loss is computed, so rows x vocabulary
+    /// logits are never all in memory.
     #[serde(default = "default_loss_chunk_tokens")]
     pub loss_chunk_tokens: u64,
-    /// Largest safetensors file of the Hugging Face export (the index lists the files).
+    /// Largest safetensors file of a checkpoint's Hugging Face export (the index lists them).
     #[serde(default = "default_export_shard_bytes")]
     pub export_shard_bytes: u64,
+    /// Weights' dtype in the Hugging Face export: "auto" (bfloat16 when computing in bf16,
+    /// else float32), "float32" or "bfloat16". The resumable state keeps f32 regardless.
+    #[serde(default = "default_export_dtype")]
+    pub export_dtype: String,
+    /// Local folder for checkpoint files on their way to and from `checkpoint_store` (room
+    /// for one checkpoint per node); absent: the system's temporary folder.
+    #[serde(default)]
+    pub scratch_dir: Option<String>,
+    /// How long a collective waits for the slowest rank (a checkpoint upload through an S3
+    /// outage) before the run fails and exits non-zero for its supervisor.
+    #[serde(default = "default_collective_timeout_secs")]
+    pub collective_timeout_secs: u64,
+    /// torchrun's `--shutdown-timeout`: how long after SIGTERM the ranks have to write their
+    /// checkpoint before torchrun SIGKILLs them (the last complete checkpoint then stands).
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for TorchSettings {
@@ -158,7 +176,16 @@ fn default_loss_chunk_tokens() -> u64 {
     4096
 }
 fn default_export_shard_bytes() -> u64 {
-    5_000_000_000
+    4 << 30
+}
+fn default_export_dtype() -> String {
+    "auto".into()
+}
+fn default_collective_timeout_secs() -> u64 {
+    3600
+}
+fn default_shutdown_timeout_secs() -> u64 {
+    900
 }
 
 fn default_steps() -> u64 {
@@ -234,9 +261,13 @@ impl TrainerSettings {
             return Err("a `torch` table needs engine = \"torch\"".into());
         }
         if let Some(torch) = &s.torch {
-            one_of("torch.attention", &torch.attention, &["auto", "flex", "sdpa"])?;
-            if torch.nproc_per_node == 0 || torch.nnodes == 0 || torch.loss_chunk_tokens == 0 {
-                return Err("torch.nproc_per_node, torch.nnodes and torch.loss_chunk_tokens must be > 0".into());
+            one_of("torch.attention", &torch.attention, &["auto", "sdpa", "flex", "varlen"])?;
+            one_of("torch.export_dtype", &torch.export_dtype, &["auto", "float32", "bfloat16"])?;
+            let counts =
+                [torch.nproc_per_node as u64, torch.nnodes as u64, torch.loss_chunk_tokens, torch.export_shard_bytes];
+            let timeouts = [torch.collective_timeout_secs, torch.shutdown_timeout_secs];
+            if counts.iter().chain(&timeouts).any(|&v| v == 0) {
+                return Err("the torch table's counts, sizes and timeouts must be > 0".into());
             }
             if torch.nnodes > 1 && torch.rdzv_endpoint.is_none() {
                 return Err("torch.nnodes > 1 needs torch.rdzv_endpoint (host:port of the c10d rendezvous)".into());
