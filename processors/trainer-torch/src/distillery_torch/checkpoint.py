@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -123,7 +124,7 @@ def _local_rank() -> int:
 
 
 # --- save ----------------------------------------------------------------------------------------
-def _write_export(full: dict[str, torch.Tensor], export: ExportSettings, folder: Path, tied: bool) -> list[Path]:
+def _write_export(full: dict[str, Any], export: ExportSettings, folder: Path, tied: bool) -> list[Path]:
     """Safetensors shards of at most `shard_bytes`, their index, the config and tokenizer."""
     tensors = {name.removeprefix("hf."): t.to(export.dtype).contiguous() for name, t in full.items()}
     if tied:
@@ -184,7 +185,7 @@ def save(
     resumable: dict[str, Any] = {"model": get_model_state_dict(model)}
     if state.optimizer_steps > 0:
         resumable["optimizer"] = get_optimizer_state_dict(model, optimizer)
-    dcp.save(resumable, checkpoint_id=staging / "dcp", process_group=control)
+    dcp_save(resumable, checkpoint_id=staging / "dcp", process_group=control)
     mine = [p for p in (staging / "dcp").iterdir() if p.name.startswith(f"__{rank}_")]
     if rank == 0:
         mine.append(staging / "dcp" / ".metadata")
@@ -229,7 +230,7 @@ def load(
     resumable: dict[str, Any] = {"model": get_model_state_dict(model)}
     if state.optimizer_steps > 0:
         resumable["optimizer"] = get_optimizer_state_dict(model, optimizer)
-    dcp.load(resumable, checkpoint_id=staging / "dcp", process_group=control)
+    dcp_load(resumable, checkpoint_id=staging / "dcp", process_group=control)
     set_model_state_dict(model, resumable["model"])
     if state.optimizer_steps > 0:
         set_optimizer_state_dict(model, optimizer, resumable["optimizer"])

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -65,14 +65,25 @@ class ReadRecord:
 
     @staticmethod
     def of(message: Message) -> ReadRecord:
-        key = message.key()
         return ReadRecord(
             partition=message.partition() or 0,
             offset=message.offset() or 0,
-            key=key.decode(errors="replace") if key is not None else None,
-            payload=message.value() or b"",
-            headers={k: (v or b"").decode(errors="replace") for k, v in (message.headers() or [])},
+            key=_text(message.key()),
+            payload=_bytes(message.value()),
+            headers={k: _text(v) or "" for k, v in cast(list[tuple[str, Any]], message.headers() or [])},
         )
+
+
+def _bytes(value: str | bytes | None) -> bytes:
+    if value is None:
+        return b""
+    return value.encode() if isinstance(value, str) else value
+
+
+def _text(value: str | bytes | None) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else value.decode(errors="replace")
 
 
 @dataclass(frozen=True)
@@ -194,12 +205,12 @@ def read_to_end(connection: Connection, topic: str, timeout: float = 60.0) -> li
                     continue
                 raise KafkaException(error)
             partition, offset = message.partition() or 0, message.offset() or 0
-            high = ends.get(partition)
-            if high is None:
+            end = ends.get(partition)
+            if end is None:
                 continue
-            if offset < high:
+            if offset < end:
                 records.append(ReadRecord.of(message))
-            if offset + 1 >= high:
+            if offset + 1 >= end:
                 del ends[partition]
         return records
     finally:
@@ -223,7 +234,7 @@ class Publisher:
     def topic_of(self, port: str) -> str:
         return self.ports[port][0]
 
-    def _send(self, topic: str, key: str, payload: bytes, headers: list[tuple[str, bytes]], wait: bool) -> None:
+    def _send(self, topic: str, key: str, payload: bytes, headers: list[tuple[str, str | bytes | None]], wait: bool) -> None:
         failures: list[KafkaError] = []
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
@@ -246,7 +257,7 @@ class Publisher:
     def publish(self, port: str, record: dict[str, Any], wait: bool = True) -> None:
         """Encodes `record` for `port` (keyed by its run) and sends it with its id header."""
         topic, kind = self.ports[port]
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             (HEADER_ID, record["id"].encode()),
             (HEADER_KIND, kind.encode()),
             (HEADER_PRODUCER, self.producer_label.encode()),
@@ -258,7 +269,7 @@ class Publisher:
         letter = dead_letter(
             self.processor, error_class, error, source_topic, source.partition, source.offset, source.key, source.payload
         )
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             (HEADER_ID, letter["id"].encode()),
             (HEADER_KIND, b"dead_letter"),
             (HEADER_PRODUCER, self.producer_label.encode()),

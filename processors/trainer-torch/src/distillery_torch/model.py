@@ -67,11 +67,14 @@ class PackedCausalLM(nn.Module):
         self.hf = hf
         self.loss_chunk_tokens = loss_chunk_tokens
 
-    def base(self) -> nn.Module:
-        return getattr(self.hf, self.hf.base_model_prefix)
+    def base(self) -> Any:
+        hf: Any = self.hf
+        return getattr(hf, hf.base_model_prefix)
 
     def head_weight(self) -> torch.Tensor:
-        return self.hf.get_output_embeddings().weight
+        hf: Any = self.hf
+        weight: torch.Tensor = hf.get_output_embeddings().weight
+        return weight
 
     def forward(self, batch: PackedBatch, loss_scale: float | None = None) -> torch.Tensor:
         """With `loss_scale`: the row's summed completion cross-entropy times `loss_scale` (one
@@ -90,7 +93,8 @@ class PackedCausalLM(nn.Module):
 
 def config_from_json(text: str) -> PretrainedConfig:
     """A transformers config from the text of a `config.json`."""
-    values = json.loads(text)
+    # transformers writes infinities as {"__float__": "Infinity"} (NemotronH's time_step_limit).
+    values = PretrainedConfig._decode_special_floats(json.loads(text))
     model_type = values.pop("model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
@@ -125,7 +129,7 @@ def shard(
 ) -> PackedCausalLM:
     """The FSDP2-sharded student on `device`. Rank 0 passes the full model (`full`), the others
     None; its weights and buffers are broadcast into every rank's shards."""
-    hf = build_hf(config, "meta")
+    hf: Any = build_hf(config, "meta")
     if activation_checkpointing:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = PackedCausalLM(hf, loss_chunk_tokens)

@@ -144,7 +144,7 @@ def packed_attention(
         from torch.nn.attention.varlen import varlen_attn
 
         longest = int(kwargs["max_length_q"])
-        out = varlen_attn(
+        varlen_out: torch.Tensor = varlen_attn(  # type: ignore[assignment]
             query[0].transpose(0, 1),
             key[0].transpose(0, 1),
             value[0].transpose(0, 1),
@@ -156,7 +156,7 @@ def packed_attention(
             window_size=(-1, 0),
             enable_gqa=gqa,
         )
-        return out[None], None  # type: ignore[index]
+        return varlen_out[None], None
     else:
         # A prepared block-diagonal mask, or (no packing: one plain sequence) causal.
         out = F.scaled_dot_product_attention(
@@ -190,17 +190,21 @@ def _segmented(mixer_class: type) -> type:
     if mixer_class in _segmented_classes:
         return _segmented_classes[mixer_class]
 
-    def forward(self: Any, hidden_states: torch.Tensor, cache: Any = None, attention_mask: Any = None, **kwargs: Any):
+    original: Any = mixer_class
+
+    def forward(
+        self: Any, hidden_states: torch.Tensor, cache: Any = None, attention_mask: Any = None, **kwargs: Any
+    ) -> torch.Tensor:
         cu_seqlens = kwargs.get("cu_seq_lens_q")
         if cu_seqlens is None:
-            return mixer_class.forward(self, hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
+            return original.forward(self, hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
         if cache is not None or hidden_states.shape[0] != 1:
             # The cached path would carry state from one packed sequence into the next.
             raise ValueError("packed rows run with batch size 1 and without a cache (use_cache=False)")
         bounds = cu_seqlens.tolist()
         # No packing kwargs reach the mixer itself: its kernels take no cu_seqlens, and each
         # call sees one whole sequence from position 0 with a fresh state.
-        parts = [mixer_class.forward(self, hidden_states[:, s:e]) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+        parts = [original.forward(self, hidden_states[:, s:e]) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
         return torch.cat(parts, dim=1)
 
     segmented = type(f"Segmented{mixer_class.__name__}", (mixer_class,), {"forward": forward})

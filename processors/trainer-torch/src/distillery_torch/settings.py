@@ -230,14 +230,14 @@ def _build(cls: type[Any], table: dict[str, Any], where: str) -> Any:
         for f in fields.values()
         if f.name not in values
         and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise SettingsError(f"missing field `{missing[0]}` in {where}")
     return cls(**values)
 
 
-def _checked(value: Any, annotation: Any, where: str) -> Any:
+def _checked(value: Any, annotation: object, where: str) -> Any:
     """`value` if it matches the field's (string) annotation; integers widen to floats."""
     text = str(annotation)
     optional = text.endswith("| None")
@@ -251,4 +251,5 @@ def _checked(value: Any, annotation: Any, where: str) -> Any:
     # TOML booleans are ints in Python; never accept one for the other.
     if isinstance(value, bool) != (base == "bool") or not isinstance(value, types):
         raise SettingsError(f"{where} must be a {base}, not {value!r}")
-    return float(value) if base == "float" else value
+    number: Any = value  # an int or a float, checked above
+    return float(number) if base == "float" else value

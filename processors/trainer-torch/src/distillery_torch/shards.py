@@ -96,7 +96,7 @@ def rows_of(tensors: dict[str, np.ndarray], vocab_size: int) -> list[PackedRow]:
     if int(tensors["input_ids"].max(initial=0)) >= vocab_size:
         raise ShardError(f"a token id is outside the student's vocabulary of {vocab_size}")
     boundaries = np.unique(tensors["cu_seqlens"])
-    rows = []
+    rows: list[PackedRow] = []
     offsets = tensors["row_offsets"]
     for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
         if end == start:

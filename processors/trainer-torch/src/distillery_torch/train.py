@@ -360,7 +360,7 @@ def _run(r: Run, topology: Topology, bootstrap_override: str | None, replica: st
             break
     if publisher is not None:
         publisher.flush()
-    log.info("stopped at step %d", state.step)
+    log.info("stopped at step %d", plan.step)
     return 0
 
 
