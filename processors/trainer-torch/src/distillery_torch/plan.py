@@ -25,11 +25,6 @@ from .shards import PackedRow
 
 STEP, WAIT, STOP, FAIL = "step", "wait", "stop", "fail"
 
-# What a rank with fewer rows than the others trains on in its spare micro-steps: one token,
-# no targets, so its gradient is exactly zero while the collectives line up.
-FILLER = PackedRow(input_ids=np.zeros(1, dtype=np.int64), loss_mask=np.zeros(1, dtype=np.uint8), sequence_lengths=(1,))
-
-
 @dataclass
 class Plan:
     """What one rank does next."""
@@ -41,7 +36,7 @@ class Plan:
     rows: list[PackedRow] = field(default_factory=list)
     """This rank's consecutive slice of the global batch."""
     micro_steps: int = 0
-    """Forward/backward passes every rank runs (the largest slice; smaller ones add FILLER)."""
+    """Forward/backward passes every rank runs (the largest slice; smaller ones add `step.FILLER`)."""
     completion_tokens: int = 0
     """Completion targets in the whole global batch: the loss's denominator."""
     tokens: int = 0

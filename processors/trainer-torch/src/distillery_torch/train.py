@@ -31,11 +31,12 @@ from .checkpoint import ExportSettings, TrainerState
 from .feed import ShardFeed, dead_lettered_offsets
 from .kafka import Connection, Publisher, read_to_end, retry_forever
 from .model import PackedCausalLM, build_hf, config_from_json, load_pretrained, shard
-from .optim import LrSchedule, adamw, clip_gradients
-from .packing import attention_kind, pack
-from .plan import FAIL, FILLER, STEP, STOP, WAIT, Plan, Planner, rows_digest
+from .optim import LrSchedule, adamw
+from .packing import attention_kind
+from .plan import FAIL, STEP, STOP, WAIT, Plan, Planner, rows_digest
 from .records import checkpoint_event, train_metrics
 from .settings import TrainerSettings
+from .step import train_rows
 from .topology import DEAD_LETTERS, Topology, TopologyError
 
 log = logging.getLogger("distillery_torch")
@@ -95,14 +96,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_distributed(settings: TrainerSettings) -> tuple[int, int, torch.device, Any]:
+def init_distributed(device_setting: str, timeout_secs: int) -> tuple[int, int, torch.device, Any]:
     """Joins torchrun's process group (RANK/WORLD_SIZE/LOCAL_RANK), or makes a group of one
     without torchrun. Returns rank, world size, device and a gloo control group."""
-    timeout = timedelta(seconds=settings.torch.collective_timeout_secs)
-    cuda = settings.device.startswith("cuda")
+    timeout = timedelta(seconds=timeout_secs)
+    cuda = device_setting.startswith("cuda")
     under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if cuda:
-        index = int(os.environ.get("LOCAL_RANK", "0")) if under_torchrun else int(settings.device.partition(":")[2] or 0)
+        index = int(os.environ.get("LOCAL_RANK", "0")) if under_torchrun else int(device_setting.partition(":")[2] or 0)
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         backend = "cpu:gloo,cuda:nccl"
@@ -190,34 +191,11 @@ def latest_checkpoint(connection: Connection, topic: str, run_id: str, stop: thr
     return max(events, key=lambda e: (e["step"], e["is_final"]), default=None)
 
 
-def train_step(model: PackedCausalLM, optimizer: torch.optim.Optimizer, plan: Plan, run: Run) -> tuple[float, float]:
-    """One optimizer step over this rank's slice: returns the global batch loss (mean over its
-    completion tokens, summed over ranks) and the gradient norm before clipping."""
-    if plan.completion_tokens == 0:
-        log.warning("step %d: a batch without completion tokens, no update", plan.step)
-        return 0.0, 0.0
-    scale = 1.0 / plan.completion_tokens
-    local = torch.zeros((), dtype=torch.float64, device=run.device)
-    for index in range(plan.micro_steps):
-        row = plan.rows[index] if index < len(plan.rows) else FILLER
-        loss = model(pack(row, run.device, run.attention), loss_scale=scale)
-        loss.backward()
-        local += loss.detach().double()
-    dist.all_reduce(local)
-    parameters = list(model.parameters())
-    grad_norm = clip_gradients(parameters, run.settings.max_grad_norm)
-    for group in optimizer.param_groups:
-        group["lr"] = plan.lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(local), grad_norm
-
-
 def run(topology_path: str, processor: str, bootstrap_override: str | None, replica: str | None) -> int:
     topology, settings, input_topic = load_run_settings(topology_path, processor)
     stop = threading.Event()
     install_signal_handlers(stop)
-    rank, world, device, control = init_distributed(settings)
+    rank, world, device, control = init_distributed(settings.device, settings.torch.collective_timeout_secs)
     bf16 = settings.compute_dtype == "bf16" or (settings.compute_dtype == "auto" and device.type == "cuda")
     r = Run(
         settings=settings,
@@ -325,8 +303,13 @@ def _run(r: Run, topology: Topology, bootstrap_override: str | None, replica: st
             raise EngineFailure(plan.error)
         if plan.kind == STEP:
             started = time.monotonic()
-            loss, grad_norm = train_step(model, optimizer, plan, r)
-            if plan.completion_tokens > 0:
+            loss, grad_norm = train_rows(
+                model, optimizer, plan.rows, plan.micro_steps, plan.completion_tokens, plan.lr,
+                settings.max_grad_norm, r.device, r.attention,
+            )
+            if plan.completion_tokens == 0:
+                log.warning("step %d: a batch without completion tokens, no update", plan.step)
+            else:
                 state.optimizer_steps += 1
             seconds = time.monotonic() - started
             if r.rank == 0:
