@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,21 +191,24 @@ def save(
     if rank == 0:
         mine.append(staging / "dcp" / ".metadata")
     for path in mine:
-        objects.upload_file(path, objects.join(uri, f"dcp/{path.name}"))
+        target = objects.join(uri, f"dcp/{path.name}")
+        objects.retrying(f"uploading {target}", partial(objects.upload_file, path, target))
 
     # 2. The Hugging Face export, gathered to rank 0 one parameter at a time.
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         tied = bool(export.config_json.get("tie_word_embeddings"))
         for path in _write_export(full, export, staging, tied):
-            objects.upload_file(path, objects.join(uri, path.name))
+            target = objects.join(uri, path.name)
+            objects.retrying(f"uploading {target}", partial(objects.upload_file, path, target))
     del full
     dist.barrier(group=control)
 
     # 3. trainer_state.json last: a checkpoint folder without it is incomplete.
     if rank == 0:
         state.world_size = dist.get_world_size()
-        objects.put_bytes(objects.join(uri, "trainer_state.json"), state.to_json())
+        target = objects.join(uri, "trainer_state.json")
+        objects.retrying(f"uploading {target}", partial(objects.put_bytes, target, state.to_json()))
     dist.barrier(group=control)
     if _local_rank() == 0:
         shutil.rmtree(staging, ignore_errors=True)
@@ -220,12 +224,15 @@ def load(
 ) -> TrainerState:
     """Restores model and optimizer from a checkpoint (every rank calls it; the first rank of
     each node downloads the resumable state into node-local staging)."""
-    state = TrainerState.from_json(objects.get_bytes(objects.join(uri, "trainer_state.json")))
+    state_uri = objects.join(uri, "trainer_state.json")
+    state = TrainerState.from_json(objects.retrying(f"reading {state_uri}", partial(objects.get_bytes, state_uri)))
     staging = _staging(scratch, uri)
     if _local_rank() == 0:
         shutil.rmtree(staging, ignore_errors=True)
-        for name in objects.list_names(objects.join(uri, "dcp")):
-            objects.download_file(objects.join(uri, f"dcp/{name}"), staging / "dcp" / name)
+        names = objects.retrying(f"listing {uri}/dcp", partial(objects.list_names, objects.join(uri, "dcp")))
+        for name in names:
+            source = objects.join(uri, f"dcp/{name}")
+            objects.retrying(f"downloading {source}", partial(objects.download_file, source, staging / "dcp" / name))
     dist.barrier(group=control)
     resumable: dict[str, Any] = {"model": get_model_state_dict(model)}
     if state.optimizer_steps > 0:

@@ -13,14 +13,20 @@ uploads (single PUTs stop at 5 GB).
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import obstore
 from obstore.store import LocalStore, S3Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Files above this go up in parts of this size (S3 wants parts of at least 5 MiB).
 MULTIPART_PART_BYTES = 64 * 1024 * 1024
@@ -111,3 +117,21 @@ def list_names(folder: str) -> list[str]:
 def is_missing(error: BaseException) -> bool:
     """Whether the store answered that the object does not exist (not: could not be reached)."""
     return isinstance(error, FileNotFoundError)
+
+
+def retrying(what: str, action: Callable[[], T], stop: Callable[[], bool] = lambda: False) -> T:
+    """Runs `action` until it succeeds: a store that stays unreachable beyond obstore's own
+    retries (4 minutes) is waited for, never taken as a reason to end the run. A missing
+    object is not retried (it is an answer, not an outage)."""
+    delay = 1.0
+    while True:
+        try:
+            return action()
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            if stop():
+                raise
+            log.warning("%s failed, retrying in %.0f s: %s", what, delay, e)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)

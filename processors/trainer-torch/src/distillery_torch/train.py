@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -192,6 +193,7 @@ def latest_checkpoint(connection: Connection, topic: str, run_id: str, stop: thr
 
 
 def run(topology_path: str, processor: str, bootstrap_override: str | None, replica: str | None) -> int:
+    """One rank of the run, to the end (0) or to a failure (an exception)."""
     topology, settings, input_topic = load_run_settings(topology_path, processor)
     stop = threading.Event()
     install_signal_handlers(stop)
@@ -216,31 +218,47 @@ def run(topology_path: str, processor: str, bootstrap_override: str | None, repl
         dist.destroy_process_group()
 
 
+@dataclass
+class Leader:
+    """What rank 0 alone holds: the Kafka side of the run and, until it is sharded, the full
+    student."""
+
+    connection: Connection
+    publisher: Publisher
+    latest: dict[str, Any] | None
+    """The newest checkpoint event of this run, if any."""
+    config: Any
+    full: torch.nn.Module | None
+    tokenizer_files: dict[str, bytes]
+
+
+def lead(r: Run, topology: Topology, bootstrap_override: str | None, replica: str | None) -> Leader:
+    connection = Connection(topology.bootstrap_servers(bootstrap_override), topology.kafka.resolved_properties())
+    label = replica or f"{os.environ.get('HOSTNAME', 'local')}-{os.getpid()}"
+    outputs = topology.processor(r.processor).outputs
+    ports = {port: (topology.topic_name(outputs[port]), kind) for port, kind in OUTPUTS.items()}
+    publisher = Publisher(connection, r.processor, label, ports, topology.topic_name(DEAD_LETTERS))
+    latest = latest_checkpoint(connection, publisher.topic_of("checkpoints"), r.run_id, r.stop)
+    scratch = Path(r.settings.torch.scratch_dir or os.environ.get("TMPDIR", "/tmp")) / "distillery-torch" / r.run_id.replace("/", ".")
+    config, full, folder = initial_student(r.settings, scratch)
+    files = tokenizer_files(r.settings, folder)
+    if folder is not None and folder.is_relative_to(scratch):
+        shutil.rmtree(folder, ignore_errors=True)  # a downloaded copy; the weights are in memory now
+    return Leader(connection, publisher, latest, config, full, files)
+
+
 def _run(r: Run, topology: Topology, bootstrap_override: str | None, replica: str | None) -> int:
     settings = r.settings
-    scratch = Path(settings.torch.scratch_dir or os.environ.get("TMPDIR", "/tmp")) / "distillery-torch" / r.run_id.replace("/", ".")
 
-    # --- rank 0: where the run stands, and the student's full weights ---------------------
-    publisher: Publisher | None = None
-    connection: Connection | None = None
-    latest: dict[str, Any] | None = None
-    full: torch.nn.Module | None = None
-    files: dict[str, bytes] = {}
-    config_text = ""
-    if r.rank == 0:
-        connection = Connection(topology.bootstrap_servers(bootstrap_override), topology.kafka.resolved_properties())
-        label = replica or f"{os.environ.get('HOSTNAME', 'local')}-{os.getpid()}"
-        ports = {port: (topology.topic_name(topology.processor(r.processor).outputs[port]), kind) for port, kind in OUTPUTS.items()}
-        publisher = Publisher(connection, r.processor, label, ports, topology.topic_name(DEAD_LETTERS))
-        latest = latest_checkpoint(connection, publisher.topic_of("checkpoints"), r.run_id, r.stop)
-        config, full, folder = initial_student(settings, scratch)
-        config_text = config.to_json_string(use_diff=False)
-        files = tokenizer_files(settings, folder)
-    latest, config_text = broadcast((latest, config_text), r)
+    # --- the student, sharded, and where the run stands ------------------------------------
+    leader = lead(r, topology, bootstrap_override, replica) if r.rank == 0 else None
+    config_text = leader.config.to_json_string(use_diff=False) if leader is not None else ""
+    latest, config_text = broadcast((leader.latest if leader is not None else None, config_text), r)
     config = config_from_json(config_text)
-
+    full = leader.full if leader is not None else None
     model = shard(config, full, r.device, r.bf16, settings.torch.activation_checkpointing, settings.torch.loss_chunk_tokens)
-    del full
+    if leader is not None:
+        leader.full = full = None  # rank 0's full copy is no longer needed
     optimizer = adamw(list(model.parameters()), settings, r.device.type == "cuda")
     if latest is not None:
         log.info("resuming from checkpoint step %d at %s", latest["step"], latest["uri"])
@@ -250,13 +268,13 @@ def _run(r: Run, topology: Topology, bootstrap_override: str | None, replica: st
     if state.is_final or state.step >= settings.steps:
         log.info("the run is already complete (step %d)", state.step)
         return 0
-    last_checkpoint_step = latest["step"] if latest is not None else None
-    export_dtype = {"auto": torch.bfloat16 if r.bf16 else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}
+    dtype = {"auto": torch.bfloat16 if r.bf16 else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}
+    export_dtype = dtype[settings.torch.export_dtype]
     export = ExportSettings(
-        dtype=export_dtype[settings.torch.export_dtype],
+        dtype=export_dtype,
         shard_bytes=settings.torch.export_shard_bytes,
-        config_json=checkpoint.export_config(config, type(model.hf).__name__, export_dtype[settings.torch.export_dtype]),
-        tokenizer_files=files,
+        config_json=checkpoint.export_config(config, type(model.hf).__name__, export_dtype),
+        tokenizer_files=leader.tokenizer_files if leader is not None else {},
     )
     log.info(
         "training %s (%d parameters) on %d rank(s), %s, %s compute, %s attention, from step %d",
@@ -264,30 +282,47 @@ def _run(r: Run, topology: Topology, bootstrap_override: str | None, replica: st
         r.attention, state.step,
     )
 
-    # --- rank 0: the shard feed and the planner --------------------------------------------
+    # --- rank 0: the shard feed and the planner ---------------------------------------------
     planner: Planner | None = None
     feed: ShardFeed | None = None
-    if r.rank == 0:
-        assert connection is not None and publisher is not None
+    if leader is not None:
+        connection, publisher = leader.connection, leader.publisher
         dead_lettered = retry_forever(
             "reading the dead-letter topic",
             lambda: dead_lettered_offsets(connection, publisher.dead_letter_topic, r.processor, r.input_topic),
             r.stop.is_set,
         ) or set()
+        idle_after = float(settings.stop_when_idle_secs) if settings.stop_when_idle_secs is not None else None
         feed = ShardFeed(
             connection, publisher, r.input_topic, state.cursor, state.shard_ids, dead_lettered, config.vocab_size,
-            settings.read_ahead_shards, settings.fetch_attempts,
-            float(settings.stop_when_idle_secs) if settings.stop_when_idle_secs is not None else None, r.stop,
+            settings.read_ahead_shards, settings.fetch_attempts, idle_after, r.stop,
         )
-        planner = Planner(state, settings.global_batch_rows, settings.steps, settings.checkpoint_every_steps, LrSchedule.of(settings).lr)
+        schedule = LrSchedule.of(settings)
+        planner = Planner(state, settings.global_batch_rows, settings.steps, settings.checkpoint_every_steps, schedule.lr)
+    last_checkpoint_step = latest["step"] if latest is not None else None
+    return train_loop(r, model, optimizer, state, export, leader, planner, feed, last_checkpoint_step)
 
-    # --- the loop: one plan per round, the same on every rank ------------------------------
+
+def train_loop(
+    r: Run,
+    model: PackedCausalLM,
+    optimizer: torch.optim.Optimizer,
+    state: TrainerState,
+    export: ExportSettings,
+    leader: Leader | None,
+    planner: Planner | None,
+    feed: ShardFeed | None,
+    last_checkpoint_step: int | None,
+) -> int:
+    """Rounds until the run stops: every rank gets its plan, then steps, checkpoints or stops
+    with the others."""
+    settings = r.settings
     while True:
+        # 1. Stop requests of any rank, then rank 0 plans the round and sends every rank its part.
         stop_flag = torch.tensor([1 if r.stop.is_set() else 0])
         dist.all_reduce(stop_flag, op=dist.ReduceOp.MAX, group=r.control)
         plans: list[Plan] | None = None
-        if r.rank == 0:
-            assert planner is not None and feed is not None
+        if planner is not None and feed is not None:
             if not stop_flag.item():
                 planner.fill(feed, WAIT_ROUND_SECS)
             plans = planner.plan(r.world, bool(stop_flag.item()))
@@ -301,6 +336,8 @@ def _run(r: Run, topology: Topology, bootstrap_override: str | None, replica: st
             continue
         if plan.kind == FAIL:
             raise EngineFailure(plan.error)
+
+        # 2. The optimizer step, and its metrics.
         if plan.kind == STEP:
             started = time.monotonic()
             loss, grad_norm = train_rows(
@@ -312,39 +349,36 @@ def _run(r: Run, topology: Topology, bootstrap_override: str | None, replica: st
             else:
                 state.optimizer_steps += 1
             seconds = time.monotonic() - started
-            if r.rank == 0:
-                assert publisher is not None and planner is not None
+            if leader is not None and planner is not None:
                 log.info(
                     "step %d loss %.6f lr %.3e grad_norm %.4f tokens %d seconds %.2f rows %s",
                     plan.step, loss, plan.lr, grad_norm, plan.tokens, seconds, rows_digest(planner.last_batch),
                 )
-                publisher.publish(
-                    "metrics",
-                    train_metrics(r.run_id, settings.style, plan.step, loss, plan.lr, grad_norm, plan.tokens, plan.completion_tokens, seconds),
-                    wait=False,
+                metrics = train_metrics(
+                    r.run_id, settings.style, plan.step, loss, plan.lr, grad_norm, plan.tokens, plan.completion_tokens, seconds
                 )
+                leader.publisher.publish("metrics", metrics, wait=False)
+
+        # 3. The checkpoint: every rank writes its part; its event follows the uploads.
         if plan.checkpoint is not None:
-            uri = plan.checkpoint_uri
             is_final = plan.checkpoint == "final"
             state.is_final = is_final
-            checkpoint.save(model, optimizer, state, uri, export, settings.torch.scratch_dir, r.control)
+            checkpoint.save(model, optimizer, state, plan.checkpoint_uri, export, settings.torch.scratch_dir, r.control)
             last_checkpoint_step = plan.step
-            if r.rank == 0:
-                assert publisher is not None
-                publisher.publish(
-                    "checkpoints",
-                    checkpoint_event(
-                        r.run_id, settings.style, state.step, uri, r.input_topic, state.next_offset,
-                        state.shards_consumed, state.tokens_seen, is_final,
-                    ),
+            if leader is not None:
+                event = checkpoint_event(
+                    r.run_id, settings.style, state.step, plan.checkpoint_uri, r.input_topic, state.next_offset,
+                    state.shards_consumed, state.tokens_seen, is_final,
                 )
-                log.info("checkpoint step %d at %s (final: %s)", state.step, uri, is_final)
+                leader.publisher.publish("checkpoints", event)
+                log.info("checkpoint step %d at %s (final: %s)", state.step, plan.checkpoint_uri, is_final)
+
+        # 4. The end of the schedule, of the input, or a signal.
         if plan.kind == STOP or plan.checkpoint == "final":
-            break
-    if publisher is not None:
-        publisher.flush()
-    log.info("stopped at step %d", plan.step)
-    return 0
+            if leader is not None:
+                leader.publisher.flush()
+            log.info("stopped at step %d", plan.step)
+            return 0
 
 
 def _checkpoint_target(plan: Plan, state: TrainerState, last_step: int | None, store: str, run_id: str) -> str | None:
