@@ -87,7 +87,8 @@ def flex_block_mask(sequence_lengths: tuple[int, ...], device: torch.device) -> 
         return (sequence[q] == sequence[k]) & (k <= q)
 
     total = int(lengths.sum())
-    return create_block_mask(same_sequence_causal, None, None, total, total, device=device)
+    # Compiled on CUDA so that a 60k-token row's mask is built block by block, never as L x L.
+    return create_block_mask(same_sequence_causal, None, None, total, total, device=device, _compile=device.type == "cuda")
 
 
 def pack(row: PackedRow, device: torch.device, attention: str) -> PackedBatch:
@@ -145,9 +146,9 @@ def packed_attention(
 
         longest = int(kwargs["max_length_q"])
         varlen_out: torch.Tensor = varlen_attn(  # type: ignore[assignment]
-            query[0].transpose(0, 1),
-            key[0].transpose(0, 1),
-            value[0].transpose(0, 1),
+            query[0].transpose(0, 1).contiguous(),
+            key[0].transpose(0, 1).contiguous(),
+            value[0].transpose(0, 1).contiguous(),
             cu_seqlens,
             cu_seqlens,
             longest,
