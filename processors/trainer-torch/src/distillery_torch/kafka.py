@@ -154,7 +154,8 @@ class OrderedReader:
         self.consumer = connection.reader()
         partitions = _partitions(self.consumer, topic)
         if len(partitions) != 1:
-            raise RuntimeError(
+            # A mistake in the topology, not an outage: not retried.
+            raise ValueError(
                 f"topic {topic} has {len(partitions)} partitions; an ordered reader needs exactly 1 so that every "
                 "restart sees the same record order (give the topic `partitions = 1` in the topology)"
             )
