@@ -145,7 +145,7 @@ def packed_attention(
         from torch.nn.attention.varlen import varlen_attn
 
         longest = int(kwargs["max_length_q"])
-        varlen_out: torch.Tensor = varlen_attn(  # type: ignore[assignment]
+        varlen_out: torch.Tensor = varlen_attn(
             query[0].transpose(0, 1).contiguous(),
             key[0].transpose(0, 1).contiguous(),
             value[0].transpose(0, 1).contiguous(),
