@@ -38,7 +38,7 @@ def test_an_example_parses_with_the_papers_recipe_as_defaults() -> None:
     assert s.torch.activation_checkpointing
     defaults = TorchSettings()
     assert (defaults.python, defaults.attention, defaults.loss_chunk_tokens) == ("python3", "auto", 4096)
-    assert (defaults.rdzv_id, defaults.export_dtype, defaults.export_shard_bytes) == (None, "auto", 4 * 1024**3)
+    assert (defaults.rdzv_id, defaults.export_dtype, defaults.export_shard_bytes) == (None, "auto", 5_000_000_000)
 
 
 @pytest.mark.parametrize(

@@ -37,9 +37,8 @@ DEFAULT_ATTENTION = "auto"
 # 4,096 positions x a 131k vocabulary is 2 GiB of f32 logits at a time, instead of 31 GB for a
 # whole 60k-token row.
 DEFAULT_LOSS_CHUNK_TOKENS = 4096
-# Below S3's 5 GB single-PUT limit (the uploads are multipart anyway) and what vLLM and
-# transformers load without trouble.
-DEFAULT_EXPORT_SHARD_BYTES = 4 * 1024**3
+# transformers' own default ("5GB"); the uploads are multipart whatever the size.
+DEFAULT_EXPORT_SHARD_BYTES = 5_000_000_000
 DEFAULT_EXPORT_DTYPE = "auto"
 # Collectives wait this long for a slow rank (a checkpoint upload through an S3 outage) before
 # the process group gives up and the run exits non-zero for its supervisor to restart it.
