@@ -4,7 +4,7 @@
 
 use distillery_schemas::codec::encode_with_schema;
 use distillery_schemas::*;
-use distillery_tests::{repo_root, venv_python};
+use distillery_tests::{distillery_bin, repo_root, venv_python};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -16,7 +16,9 @@ fn python(args: &[&str]) -> Command {
         .args(args)
         .current_dir(repo_root())
         .env("PYTHONPATH", repo_root().join("processors/trainer-torch/src"))
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        // The suite runs the candle trainer for its parity test: this build's binary.
+        .env("DISTILLERY_BIN", distillery_bin());
     command
 }
 
@@ -41,6 +43,19 @@ macro_rules! pytest_files {
                 pytest($file);
             }
         )*
+
+        #[test]
+        fn every_pytest_file_of_the_engine_runs_here() {
+            let listed: std::collections::BTreeSet<&str> = [$($file),*].into_iter().collect();
+            let present: std::collections::BTreeSet<String> =
+                std::fs::read_dir(repo_root().join("processors/trainer-torch/tests"))
+                    .unwrap()
+                    .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with("test_") && name.ends_with(".py"))
+                    .collect();
+            let present: std::collections::BTreeSet<&str> = present.iter().map(String::as_str).collect();
+            assert_eq!(listed, present, "list every pytest file in tests/torch_engine.rs");
+        }
     };
 }
 
@@ -55,6 +70,8 @@ pytest_files! {
     pytest_feed_dedup_and_bad_shards => "test_feed.py",
     pytest_nemotron_h_packed => "test_nemotron_h.py",
     pytest_bench => "test_bench.py",
+    pytest_gpu_check_dry_run => "test_gpu_check.py",
+    pytest_a_two_rank_checkpoint_resumes_on_one_rank => "test_reshard.py",
 }
 
 /// `python -m distillery_torch.avro ARGS` on `input`.
@@ -71,12 +88,19 @@ fn codec(args: &[&str], input: &[u8]) -> Vec<u8> {
     output.stdout
 }
 
+/// Python's reading of `payload` as a record of `kind` (resolved into the current schema).
+fn python_decode(payload: &[u8], kind: RecordKind) -> serde_json::Value {
+    let decoded: serde_json::Value = serde_json::from_slice(&codec(&["decode", kind.name()], payload)).unwrap();
+    assert_eq!(decoded["kind"], kind.name(), "the header names the kind");
+    decoded["record"].clone()
+}
+
 /// Rust writes, Python reads and writes the same record again: the bytes are identical, and
 /// Rust reads Python's bytes back into the same record.
 fn same_bytes_both_ways<R: Record + PartialEq + std::fmt::Debug>(record: R) {
     let rust_bytes = encode(&record).unwrap();
-    let json = codec(&["decode", R::KIND.name()], &rust_bytes);
-    let python_bytes = codec(&["encode", R::KIND.name()], &json);
+    let record_json = python_decode(&rust_bytes, R::KIND);
+    let python_bytes = codec(&["encode", R::KIND.name()], record_json.to_string().as_bytes());
     assert_eq!(python_bytes, rust_bytes, "{}: Python's encoding differs from Rust's", R::KIND.name());
     assert_eq!(decode::<R>(&python_bytes).unwrap(), record);
     // And from Rust's own JSON of the record, not only Python's.
@@ -166,7 +190,7 @@ fn python_reads_a_record_written_with_an_older_schema_version() {
     };
     let v1 = std::fs::read_to_string(repo_root().join("schemas/history/question.v1.avsc")).unwrap();
     let bytes = encode_with_schema(RecordKind::Question, &v1, &old).unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&codec(&["decode", "question"], &bytes)).unwrap();
+    let json = python_decode(&bytes, RecordKind::Question);
     assert_eq!(json["id"], "q1");
     assert_eq!(json["expected_answer"], "2");
     // The field the current schema added comes with its default.

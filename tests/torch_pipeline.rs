@@ -10,6 +10,9 @@ use distillery_tests::{distillery_bin, repo_root, venv_python, wait_until, Clust
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// The torch student's run name, `{experiment}/{processor}` as for every trainer.
+const TORCH_RUN: &str = "torch-e2e/trainer-gpt-oss";
+
 /// A tiny random-init Llama for the student tokenizer shipped in topology/data/student (GPT-2's
 /// 50,257 tokens plus 3 added ones): the candle engine's `tiny` preset as a Hugging Face config.
 const TINY_LLAMA: &str = r#"{
@@ -101,7 +104,10 @@ async fn a_torch_student_trains_on_two_ranks_in_the_stream_and_is_evaluated_and_
         checkpoints().iter().filter(|c| c.is_final).map(|c| c.run.clone()).collect::<BTreeSet<_>>().len() == 2
     });
     eprintln!("final checkpoints after {:.0}s", started.elapsed().as_secs_f64());
-    let torch_checkpoints: Vec<_> = checkpoints().into_iter().filter(|c| c.run == "trainer-gpt-oss").collect();
+    let torch_log = procs.iter().find(|(name, _)| name == "trainer-gpt-oss").unwrap().1.log();
+    assert!(torch_log.contains("-m torch.distributed.run --nproc_per_node=2"), "{torch_log}");
+    assert!(torch_log.contains("on 2 rank(s)"), "the engine trained on two ranks: {torch_log}");
+    let torch_checkpoints: Vec<_> = checkpoints().into_iter().filter(|c| c.run == TORCH_RUN).collect();
     assert!(!torch_checkpoints.is_empty());
     for checkpoint in &torch_checkpoints {
         assert!(checkpoint.uri.starts_with("s3://distillery/torch-e2e/checkpoints"), "{}", checkpoint.uri);
@@ -129,7 +135,7 @@ async fn a_torch_student_trains_on_two_ranks_in_the_stream_and_is_evaluated_and_
         .read("train-metrics")
         .iter()
         .map(|r| decode::<TrainMetrics>(&r.payload).unwrap())
-        .filter(|m| m.run == "trainer-gpt-oss")
+        .filter(|m| m.run == TORCH_RUN)
         .collect();
     let last_step = torch_checkpoints.iter().map(|c| c.step).max().unwrap();
     let steps: BTreeSet<i64> = torch_metrics.iter().map(|m| m.step).collect();
@@ -157,12 +163,89 @@ async fn a_torch_student_trains_on_two_ranks_in_the_stream_and_is_evaluated_and_
     assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
     let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
     let row = |run: &str, style: &str| markdown.lines().any(|l| l.starts_with(&format!("| {run} | {style} |")));
-    assert!(row("trainer-gpt-oss", "gpt-oss-120b"), "{markdown}");
-    assert!(row("trainer-deepseek-r1", "deepseek-r1"), "{markdown}");
+    assert!(row(TORCH_RUN, "gpt-oss-120b"), "{markdown}");
+    assert!(row("torch-e2e/trainer-deepseek-r1", "deepseek-r1"), "{markdown}");
 
     for (name, proc) in &mut procs {
         if proc.is_running() {
             assert!(proc.terminate().success(), "{name}: {}", proc.log());
         }
     }
+}
+
+/// Processes whose command line contains every one of `needles` (the torch engine's ranks and
+/// torchrun carry the trainer's name and this test's broker address).
+fn processes_with(needles: &[&str]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            needles.iter().all(|n| cmdline.contains(n)).then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distillery_run_forwards_sigterm_to_the_ranks_and_a_sigkill_takes_them_down() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let config_json = config_dir.path().join("config.json");
+    std::fs::write(&config_json, TINY_LLAMA).unwrap();
+    let cluster = Cluster::start(&format!(
+        r#"
+experiment = "torch-launch"
+[topics."shards.x"]
+schema = "shard_manifest"
+partitions = 1
+external = true
+[topics.checkpoints]
+schema = "checkpoint_event"
+partitions = 1
+[topics.train-metrics]
+schema = "train_metrics"
+partitions = 1
+
+[processors.trainer-x]
+type = "trainer"
+inputs = ["shards.x"]
+outputs = {{ checkpoints = "checkpoints", metrics = "train-metrics" }}
+[processors.trainer-x.settings]
+engine = "torch"
+student = "random"
+model_config = "{config}"
+style = "x"
+steps = 10
+global_batch_rows = 2
+checkpoint_store = "{{dir}}/checkpoints"
+torch = {{ python = "{python}", nproc_per_node = 2, shutdown_timeout_secs = 60 }}
+"#,
+        config = config_json.display(),
+        python = venv_python().display(),
+    ))
+    .await;
+    let engine_src = repo_root().join("processors/trainer-torch/src").display().to_string();
+    let env = [("PYTHONPATH", engine_src.as_str())];
+    let bootstrap = cluster.broker.bootstrap_servers();
+    let ranks = || processes_with(&["distillery_torch", "--processor trainer-x", &bootstrap]);
+
+    // SIGTERM to `distillery run`: forwarded, the ranks stop (no shard has come: nothing to
+    // checkpoint), and the run exits 0 although torchrun itself exits 1 after a signal.
+    let mut trainer = cluster.spawn_with("trainer-x", "0", &[], &env);
+    wait_until("both ranks up", Duration::from_secs(180), || trainer.log().contains("on 2 rank(s)"));
+    assert!(!ranks().is_empty());
+    let status = trainer.terminate();
+    let log = trainer.log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("forwarding signal 15 to the torch engine"), "{log}");
+    assert_eq!(log.matches("forwarding signal").count(), 1, "one SIGTERM is forwarded once: {log}");
+    wait_until("no rank left after SIGTERM", Duration::from_secs(30), || ranks().is_empty());
+
+    // SIGKILL of `distillery run`: torchrun gets SIGKILL from the kernel (parent-death signal)
+    // and its ranks follow it the same way: nothing keeps training on its own.
+    let mut trainer = cluster.spawn_with("trainer-x", "1", &[], &env);
+    wait_until("both ranks up again", Duration::from_secs(180), || trainer.log().contains("on 2 rank(s)"));
+    assert!(ranks().len() >= 3, "torchrun and two ranks: {:?}", ranks());
+    trainer.kill9();
+    wait_until("no rank left after SIGKILL", Duration::from_secs(30), || ranks().is_empty());
 }

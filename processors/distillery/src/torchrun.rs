@@ -5,15 +5,17 @@
 //!
 //! - The ranks read the topology `distillery run` resolved (replay's renames included),
 //!   written to a temporary file for the life of the run, and the same bootstrap servers.
-//! - torchrun runs in its own process group, so a signal reaches it and every rank; SIGINT and
-//!   SIGTERM received here are forwarded to that group as they are, and the in-process stop of
-//!   `distillery quickstart`/`replay` is forwarded as SIGTERM. The ranks then write a
-//!   checkpoint and exit; nothing here kills them after a deadline, because a large student's
-//!   checkpoint upload takes as long as it takes (the supervisor decides when to SIGKILL).
+//! - torchrun runs in its own process group (the ranks it starts sit in sessions of their own).
+//!   SIGINT and SIGTERM received here are forwarded to torchrun as they are, and the in-process
+//!   stop of `distillery quickstart`/`replay` as SIGTERM; torchrun passes the signal to every
+//!   rank, which writes a checkpoint and exits. torchrun SIGKILLs ranks that take longer than
+//!   `shutdown_timeout_secs`; nothing here adds a deadline of its own.
 //! - If this process dies (even by SIGKILL), the kernel sends torchrun SIGKILL
 //!   (`PR_SET_PDEATHSIG`), so no orphan keeps training.
 //! - The run ends with torchrun's exit status: 0 is success, anything else is an
-//!   [`EngineExit`] error that `distillery run` turns into the same exit code.
+//!   [`EngineExit`] error that `distillery run` turns into the same exit code. torchrun exits 1
+//!   after a signal it forwarded even when every rank stopped cleanly, so after a stop that
+//!   this launcher forwarded, 1 counts as a clean stop.
 
 use distillery_runtime::ProcessorRun;
 use distillery_trainer::config::{TorchSettings, TrainerSettings};
@@ -104,19 +106,36 @@ pub async fn run(
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let forward = |signal: i32| {
+    // `distillery run`'s own shutdown future fires on the same SIGINT/SIGTERM as the listeners
+    // here: one signal is forwarded once, not twice (a second one within a second is the same
+    // request; a later one is the user insisting, and is forwarded too).
+    let mut last_forward: Option<std::time::Instant> = None;
+    let mut forward = |signal: i32| {
+        if last_forward.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+            return;
+        }
+        last_forward = Some(std::time::Instant::now());
         tracing::info!(pgid, "forwarding signal {signal} to the torch engine");
         // SAFETY: kill(2) on our own child's process group.
         unsafe { libc::kill(-pgid, signal) };
     };
     tokio::pin!(shutdown);
+    // Whether a stop was forwarded, and whether `shutdown` has fired (polled once only).
     let mut stopping = false;
+    let mut shutdown_fired = false;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
-            _ = interrupt.recv() => forward(libc::SIGINT),
-            _ = terminate.recv() => forward(libc::SIGTERM),
-            _ = &mut shutdown, if !stopping => {
+            _ = interrupt.recv() => {
+                stopping = true;
+                forward(libc::SIGINT);
+            }
+            _ = terminate.recv() => {
+                stopping = true;
+                forward(libc::SIGTERM);
+            }
+            _ = &mut shutdown, if !shutdown_fired => {
+                shutdown_fired = true;
                 stopping = true;
                 forward(libc::SIGTERM);
             }
@@ -125,6 +144,9 @@ pub async fn run(
     drop(topology_file);
     use std::os::unix::process::ExitStatusExt;
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if stopping && code == 1 {
+        return Ok(format!("torch engine for '{}' stopped on request", run.name));
+    }
     if code != 0 {
         return Err(EngineExit { code }.into());
     }

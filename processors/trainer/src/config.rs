@@ -176,7 +176,7 @@ fn default_loss_chunk_tokens() -> u64 {
     4096
 }
 fn default_export_shard_bytes() -> u64 {
-    4 << 30
+    5_000_000_000
 }
 fn default_export_dtype() -> String {
     "auto".into()
