@@ -232,13 +232,15 @@ pub(crate) fn parse_element(s: &str, reading: Reading, depth: usize, ambiguous: 
     if s.is_empty() {
         return Err("an empty element".into());
     }
-    if let Some(sides) = equality_sides(s) {
+    // The character checks first: most answers have no relation, and searching is the cost.
+    let commands = s.contains('\\');
+    if let Some(sides) = (commands || s.contains('=')).then(|| equality_sides(s)).flatten() {
         return parse_equality(&sides, reading, depth, ambiguous);
     }
-    if let Some(interval) = inequality(s, reading, ambiguous) {
+    if let Some(interval) = s.contains(['<', '>']).then(|| inequality(s, reading, ambiguous)).flatten() {
         return interval.map(Answer::Interval);
     }
-    if top_level_contains(s, &["\\neq", "!="]) {
+    if (commands || s.contains('!')) && top_level_contains(s, &["\\neq", "!="]) {
         return Err("an inequation".into());
     }
     if s == "\\emptyset" || s == "\\varnothing" || s == "\\{\\}" {
@@ -254,7 +256,7 @@ pub(crate) fn parse_element(s: &str, reading: Reading, depth: usize, ambiguous: 
         let items = items.iter().map(|i| parse_element(i, reading, depth + 1, ambiguous));
         return Ok(Answer::Set(items.collect::<Result<_, _>>()?));
     }
-    if top_level_contains(s, &["\\cup"]) {
+    if commands && top_level_contains(s, &["\\cup"]) {
         let parts = split_top_level_on(s, "\\cup");
         let intervals = parts.iter().map(|p| match parse_element(p, reading, depth + 1, ambiguous)? {
             Answer::Interval(i) => Ok(i),
@@ -449,7 +451,7 @@ pub(crate) fn split_top_level(s: &str, separators: &[char], words: bool) -> Vec<
     let mut out = Vec::new();
     for piece in pieces {
         let mut piece = piece.trim();
-        if !words {
+        if !words || !piece.contains(' ') {
             out.push(piece);
             continue;
         }

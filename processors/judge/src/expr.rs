@@ -37,7 +37,6 @@ pub enum Func {
     Cos,
     Tan,
     Ln,
-    Log,
     Exp,
 }
 
@@ -108,7 +107,8 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
                     "cos" => Token::Func(Func::Cos),
                     "tan" => Token::Func(Func::Tan),
                     "ln" => Token::Func(Func::Ln),
-                    "log" => Token::Func(Func::Log),
+                    // Natural or base 10? Graders differ, so an answer with `\log` is not read.
+                    "log" => return Err("\\log without a base".into()),
                     "exp" => Token::Func(Func::Exp),
                     other => return Err(format!("unsupported command \\{other}")),
                 });
@@ -388,7 +388,6 @@ impl Expr {
                     Func::Cos => x.cos(),
                     Func::Tan => x.tan(),
                     Func::Ln => x.ln(),
-                    Func::Log => x.log10(),
                     Func::Exp => x.exp(),
                 }
             }

@@ -35,7 +35,7 @@ pub fn clean(answer: &str) -> String {
 
 /// One pass over `s` replacing typesetting by plain symbols: spacing commands by nothing or a
 /// space, `\dfrac` by `\frac`, `\cdot` by `*`, `\le` by `<=`, degree signs by `°`, `\%` by
-/// `%`, `{,}` and `$` signs by nothing, `\left(` by `(`. Commands are matched whole: `\le`
+/// `%`, `{,}` and `$` signs by nothing, `\left(` by `(`, `\langle 1, 2 \rangle` by `(1, 2)`. Commands are matched whole: `\le`
 /// does not touch `\left` or `\leftarrow`.
 fn plain_symbols(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -72,6 +72,8 @@ fn plain_symbols(s: &str) -> String {
                     "div" => out.push('/'),
                     "le" | "leq" | "leqslant" => out.push_str("<="),
                     "ge" | "geq" | "geqslant" => out.push_str(">="),
+                    "langle" => out.push('('),
+                    "rangle" => out.push(')'),
                     "lt" => out.push('<'),
                     "gt" => out.push('>'),
                     "left" | "right" | "bigl" | "bigr" | "Bigl" | "Bigr" | "biggl" | "biggr" | "big" | "Big"
@@ -121,13 +123,17 @@ fn is_delimiter(s: &str) -> bool {
 /// on the left dropped (`x=5` -> `5`), trailing periods, thousands separators, degree and
 /// percent signs removed.
 pub fn compact(cleaned: &str) -> String {
-    let mut unmarked = String::with_capacity(cleaned.len());
-    for c in cleaned.chars() {
-        if !matches!(c, '°' | '%') || unmarked.ends_with('\\') {
-            unmarked.push(c);
+    let s = if cleaned.contains(['°', '%']) {
+        let mut unmarked = String::with_capacity(cleaned.len());
+        for c in cleaned.chars() {
+            if !matches!(c, '°' | '%') || unmarked.ends_with('\\') {
+                unmarked.push(c);
+            }
         }
-    }
-    let s = strip_units(&unmarked.split_whitespace().collect::<Vec<_>>().join(" "));
+        strip_units(&unmarked.split_whitespace().collect::<Vec<_>>().join(" "))
+    } else {
+        strip_units(cleaned)
+    };
     let mut out = String::with_capacity(s.len());
     let chars: Vec<char> = s.chars().collect();
     let mut depth = 0i32;
@@ -224,6 +230,9 @@ fn unwrap_text_commands(s: &str) -> String {
 /// Unit words after a number: "5 cm" -> "5", "12 dollars" -> "12", "3 units^2" -> "3".
 /// Only one word right after a number: "12 square units" stays words.
 pub fn strip_units(s: &str) -> String {
+    if !s.contains(' ') {
+        return s.to_string();
+    }
     let mut words: Vec<&str> = s.split(' ').collect();
     while words.len() > 1 {
         let last = words[words.len() - 1];

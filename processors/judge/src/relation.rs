@@ -56,7 +56,15 @@ pub(crate) fn parse_equality(
     if sides.iter().any(|side| side.is_empty()) {
         return Err("an equation with an empty side".into());
     }
+    let swapped;
     let mut sides = sides;
+    if let [formula, variable] = sides {
+        if variable_name(variable).is_some() && variable_name(formula).is_none() && !function_name(formula) {
+            // `x^2 = y` names y on the right.
+            swapped = [*variable, *formula];
+            sides = &swapped;
+        }
+    }
     if variable_name(sides[0]).is_some() || function_name(sides[0]) {
         sides = &sides[1..];
     } else if let Some(variables) = enclosed(sides[0], '(', ')').map(|inner| split_top_level(inner, &[','], false)) {

@@ -120,6 +120,25 @@ pub fn parse_value(s: &str, mixed_numbers: bool) -> Result<(Value, bool), String
     Ok((value, saw_mixed_number))
 }
 
+/// A plain decimal number (`18`, `-2.50`, `x = 7 cm`): the [`compact`] text of a cleaned
+/// answer with no comma, percent or degree sign that could read it otherwise. The verifier's
+/// fast path: most answers are such numbers, and reading them needs no parser.
+pub fn plain_number(cleaned: &str, compacted: &str) -> Option<Value> {
+    if cleaned.contains([',', '%', '°']) {
+        return None;
+    }
+    let literal = Literal::parse(compacted)?;
+    let value: f64 = compacted.parse().ok().filter(|v: &f64| v.is_finite())?;
+    Some(Value {
+        expr: Expr::Num(value),
+        constant: Some(value),
+        decimals: !literal.fraction.is_empty() || compacted.contains('.'),
+        literal: Some(literal),
+        percent: false,
+        degrees: false,
+    })
+}
+
 /// Compares two values.
 pub fn compare_values(a: &Value, b: &Value) -> (RuleVerdict, &'static str) {
     match (a.choice(), b.choice()) {

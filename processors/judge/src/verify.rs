@@ -15,7 +15,7 @@ use crate::answer::{open_interval, parse_answer, Answer, Bound, Interval, Parsed
 use crate::expr::close;
 use crate::extract::extract_final_answer;
 use crate::normalize::{clean, compact};
-use crate::value::{compare_values, same_equation};
+use crate::value::{compare_values, plain_number, same_equation};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +67,13 @@ pub fn compare(predicted: &str, expected: &str) -> Decision {
         return (Unsure, TOO_LONG.into());
     }
     let (p, e) = (clean(predicted), clean(expected));
-    if compact(&p) == compact(&e) {
+    let (p_compact, e_compact) = (compact(&p), compact(&e));
+    if p_compact == e_compact {
         return (Match, "equal after normalisation".into());
+    }
+    if let (Some(a), Some(b)) = (plain_number(&p, &p_compact), plain_number(&e, &e_compact)) {
+        let (verdict, rule) = compare_values(&a, &b);
+        return (verdict, rule.into());
     }
     let (usual_p, usual_e) = match (parse_answer(&p, Reading::USUAL), parse_answer(&e, Reading::USUAL)) {
         (Ok(usual_p), Ok(usual_e)) => (usual_p, usual_e),
@@ -342,6 +347,7 @@ mod tests {
         assert_eq!(v("5.", "5"), Match);
         assert_eq!(v("\\text{Evelyn}", "Evelyn"), Match);
         assert_eq!(v("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)"), Match);
+        assert_eq!(v("\\langle 1, -2 \\rangle", "(1,-2)"), Match);
         assert_eq!(v("(-\\infty, -2) \\cup (3, \\infty)", "(3,\\infty)\\cup(-\\infty,-2)"), Match);
         assert_eq!(v("(1, 2] \\cup (2, 3)", "(1, 3)"), Match, "merged unions");
         assert_eq!(v("x > 3", "(3, \\infty)"), Match);

@@ -34,6 +34,7 @@ fn a_variable_named_on_one_side_only_is_dropped() {
             ("x \\in [1, 2)", "[1, 2)"),
             ("x = \\frac{6}{4} = \\frac{3}{2}", "\\frac32"),
             ("x = \\frac{8}{3} \\approx 2.67", "\\frac{8}{3}"),
+            ("x^2 = y", "y = x^2"),
         ],
     );
     check(
@@ -193,6 +194,7 @@ fn what_is_not_fully_understood_is_unsure() {
             ("0.5", "50\\%"),
             ("\\frac{\\pi}{6}", "30^\\circ"),
             ("x + 1", "y + 1"),
+            ("\\log 100", "2"),
         ],
     );
     check(Match, &[("C", "\\text{(C)}"), ("40", "40\\%")]);
