@@ -59,7 +59,8 @@ const TOO_LONG: &str = "answer longer than 10000 bytes (MAX_RULE_ANSWER_BYTES)";
 /// its size at every level.
 const MAX_COMPARISONS: usize = 10_000;
 
-type Decision = (RuleVerdict, Cow<'static, str>);
+/// A verdict and the rule that gave it.
+pub type Decision = (RuleVerdict, Cow<'static, str>);
 
 /// Compares two final answers.
 pub fn compare(predicted: &str, expected: &str) -> Decision {
@@ -82,6 +83,7 @@ pub fn compare(predicted: &str, expected: &str) -> Decision {
     };
     let budget = &mut 0;
     let (verdict, rule) = compare_answers(&usual_p.answer, &usual_e.answer, budget);
+    // A MISMATCH stands only if no other reading of a comma or a mixed number makes a MATCH.
     if verdict == Mismatch && (usual_p.ambiguous || usual_e.ambiguous) {
         let others = |text: &str, usual: Parsed| {
             let mut all = vec![usual.answer];
