@@ -3,6 +3,10 @@
 //! single-letter variables, with implicit multiplication (`2\sqrt{3}`, `3x`, `2(x+1)`).
 //! Expressions compare by value: numerically, or at sample points when they have variables.
 //! Nesting is bounded, so hostile input fails cleanly instead of exhausting the stack.
+//!
+//! An integer written right before a proper fraction of integers (`918\frac{1}{2}`) is a mixed
+//! number by default (918.5); [`parse_reading`] can read it as the product instead, and says
+//! whether the answer had one, so the verifier can check that both readings agree.
 
 use std::collections::BTreeSet;
 
@@ -33,7 +37,6 @@ pub enum Func {
     Cos,
     Tan,
     Ln,
-    Log,
     Exp,
 }
 
@@ -67,6 +70,14 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
                     i += 1;
                 }
                 let text: String = chars[start..i].iter().collect();
+                let exponent_follows = |k: usize| chars.get(k).is_some_and(|c| c.is_ascii_digit());
+                if matches!(chars.get(i), Some('e' | 'E'))
+                    && (exponent_follows(i + 1)
+                        || matches!(chars.get(i + 1), Some('+' | '-')) && exponent_follows(i + 2))
+                {
+                    // `1.5e3`: scientific notation, or 1.5 times Euler's e times 3?
+                    return Err(format!("{text}e...: scientific notation or Euler's e"));
+                }
                 tokens.push(Token::Num(text.parse().map_err(|_| format!("bad number {text}"))?));
             }
             '+' | '-' | '*' | '/' | '^' => {
@@ -96,7 +107,8 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
                     "cos" => Token::Func(Func::Cos),
                     "tan" => Token::Func(Func::Tan),
                     "ln" => Token::Func(Func::Ln),
-                    "log" => Token::Func(Func::Log),
+                    // Natural or base 10? Graders differ, so an answer with `\log` is not read.
+                    "log" => return Err("\\log without a base".into()),
                     "exp" => Token::Func(Func::Exp),
                     other => return Err(format!("unsupported command \\{other}")),
                 });
@@ -118,10 +130,21 @@ struct Parser {
     tokens: Vec<Token>,
     pos: usize,
     depth: usize,
+    /// Read `2\frac{1}{2}` as 2 + 1/2 (else as 2 * 1/2).
+    mixed_numbers: bool,
+    /// Whether an integer stood right before a proper fraction (the two readings differ).
+    saw_mixed_number: bool,
 }
 
+/// Parses an expression, reading `2\frac{1}{2}` as the mixed number 2.5.
 pub fn parse(s: &str) -> Result<Expr, String> {
-    let mut parser = Parser { tokens: tokenize(s)?, pos: 0, depth: 0 };
+    parse_reading(s, true).map(|(expr, _)| expr)
+}
+
+/// Parses an expression, reading an integer before a proper fraction as a mixed number or as a
+/// product; also returns whether the expression had such a pair.
+pub fn parse_reading(s: &str, mixed_numbers: bool) -> Result<(Expr, bool), String> {
+    let mut parser = Parser { tokens: tokenize(s)?, pos: 0, depth: 0, mixed_numbers, saw_mixed_number: false };
     if parser.tokens.is_empty() {
         return Err("empty expression".into());
     }
@@ -129,7 +152,29 @@ pub fn parse(s: &str) -> Result<Expr, String> {
     if parser.pos != parser.tokens.len() {
         return Err(format!("unexpected {:?}", parser.tokens[parser.pos]));
     }
-    Ok(expr)
+    Ok((expr, parser.saw_mixed_number))
+}
+
+/// `n` and `a/b` as the mixed number `n a/b` when `n` is a non-negative integer (or its
+/// negation) and `a/b` a proper fraction of positive integers.
+fn mixed_number(whole: &Expr, fraction: &Expr) -> Option<Expr> {
+    let integer = |e: &Expr| matches!(e, Expr::Num(n) if n.fract() == 0.0 && *n >= 0.0);
+    let (Expr::Div(a, b), Some((negative, n))) = (
+        fraction,
+        match whole {
+            Expr::Num(_) if integer(whole) => Some((false, whole)),
+            Expr::Neg(inner) if integer(inner) => Some((true, &**inner)),
+            _ => None,
+        },
+    ) else {
+        return None;
+    };
+    let (Expr::Num(a_value), Expr::Num(b_value)) = (&**a, &**b) else { return None };
+    if !(integer(a) && integer(b) && 0.0 < *a_value && a_value < b_value) {
+        return None;
+    }
+    let sum = Expr::Add(n.clone().into(), fraction.clone().into());
+    Some(if negative { Expr::Neg(sum.into()) } else { sum })
 }
 
 impl Parser {
@@ -165,7 +210,22 @@ impl Parser {
 
     fn term(&mut self) -> Result<Expr, String> {
         let mut left = self.unary()?;
+        let mut first_factor = true;
         loop {
+            if first_factor && matches!(self.peek(), Some(Token::Frac)) {
+                // `918\frac{1}{2}`: a mixed number, or 918 times a half.
+                let fraction = self.power()?;
+                match mixed_number(&left, &fraction) {
+                    Some(mixed) => {
+                        self.saw_mixed_number = true;
+                        left = if self.mixed_numbers { mixed } else { Expr::Mul(left.into(), fraction.into()) };
+                    }
+                    None => left = Expr::Mul(left.into(), fraction.into()),
+                }
+                first_factor = false;
+                continue;
+            }
+            first_factor = false;
             match self.peek() {
                 Some(Token::Op('*')) => {
                     self.pos += 1;
@@ -328,7 +388,6 @@ impl Expr {
                     Func::Cos => x.cos(),
                     Func::Tan => x.tan(),
                     Func::Ln => x.ln(),
-                    Func::Log => x.log10(),
                     Func::Exp => x.exp(),
                 }
             }

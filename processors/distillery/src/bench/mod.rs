@@ -52,13 +52,17 @@ pub enum Bench {
         #[arg(long)]
         tekken: Option<PathBuf>,
     },
-    /// The judge's rule verifier on MATH-500 answer pairs (equivalent rewrites and wrong
-    /// values): answers/s and agreement with the labels, beside Hugging Face's math-verify on
-    /// the same pairs; and the share it decides without the LLM judge.
+    /// The judge's rule verifier on labelled answer pairs (the judge's own model-style
+    /// responses, and MATH-500 gold answers against rewrites and wrong values): the share it
+    /// decides without the LLM judge, its wrong decisions and answers/s, beside Hugging Face's
+    /// math-verify on the same pairs.
     Judge {
         /// MATH-500 `test.jsonl` (shipped in topology/data/benchmarks).
         #[arg(long, default_value = "topology/data/benchmarks/math500/test.jsonl")]
         math500: PathBuf,
+        /// The judge's labelled pairs (JSONL: shape, gold, answer, equivalent).
+        #[arg(long, default_value = "processors/judge/tests/data/labelled_pairs.jsonl")]
+        labelled: PathBuf,
     },
     /// Training tokens/s and MFU of the trainer's candle decoder (forward + backward + AdamW
     /// over packed rows, completion-masked cross-entropy) for named model shapes, beside the same
@@ -81,7 +85,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Sampler { requests, python_requests, concurrency } => {
             sampler::run(requests, python_requests, concurrency).await
         }
-        Bench::Judge { math500 } => judge::run(&math500),
+        Bench::Judge { math500, labelled } => judge::run(&math500, &labelled),
         Bench::Packer { traces, row_tokens, tekken } => packer::run(traces, row_tokens, tekken),
         Bench::Trainer(args) => trainer::run(args),
         Bench::TrainerOpsCheck(args) => trainer::ops_check(args),
