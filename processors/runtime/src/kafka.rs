@@ -129,6 +129,15 @@ impl Connection {
         self.reader_config().create().map_err(hide_config_value)
     }
 
+    /// [`Connection::reader`] for a reader that keeps its own position (the trainer's): a
+    /// position that is not in the topic any more is an error, never a silent jump to the
+    /// earliest record.
+    pub fn positioned_reader(&self) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+        let mut config = self.reader_config();
+        config.set("auto.offset.reset", "error");
+        config.create().map_err(hide_config_value)
+    }
+
     /// [`Connection::reader`] as an async stream (for the benchmark's raw baseline).
     pub fn stream_reader(&self) -> Result<rdkafka::consumer::StreamConsumer, rdkafka::error::KafkaError> {
         self.reader_config().create().map_err(hide_config_value)

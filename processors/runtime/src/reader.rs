@@ -77,6 +77,26 @@ pub fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
 }
 
 pub fn read_to_end(connection: &Connection, topic: &str, timeout: Duration) -> anyhow::Result<Vec<ReadRecord>> {
+    read_partitions_of(connection, topic, None, timeout)
+}
+
+/// Every record of the given partitions of `topic` up to the end they had when the call
+/// started.
+pub fn read_partitions(
+    connection: &Connection,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReadRecord>> {
+    read_partitions_of(connection, topic, Some(partitions), timeout)
+}
+
+fn read_partitions_of(
+    connection: &Connection,
+    topic: &str,
+    only: Option<&[i32]>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReadRecord>> {
     let consumer: BaseConsumer = connection.reader()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -91,7 +111,7 @@ pub fn read_to_end(connection: &Connection, topic: &str, timeout: Duration) -> a
     // Read each partition from its low watermark to the high watermark seen now.
     let mut end = HashMap::new();
     let mut assignment = TopicPartitionList::new();
-    for &p in &partitions {
+    for &p in partitions.iter().filter(|p| only.is_none_or(|only| only.contains(p))) {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         if high > low {
             end.insert(p, high);

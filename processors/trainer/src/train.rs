@@ -15,7 +15,7 @@ use crate::schedule::LrSchedule;
 use backon::{ExponentialBuilder, Retryable};
 use candle_core::{DType, Device};
 use distillery_runtime::objects::get_bytes;
-use distillery_runtime::ordered::OrderedReader;
+use distillery_runtime::ordered::{OrderedReader, PositionGone, Start};
 use distillery_runtime::processor::PortSpec;
 use distillery_runtime::publisher::{FailedInput, Publisher};
 use distillery_runtime::reader::{read_to_end, ReadRecord};
@@ -25,7 +25,7 @@ use distillery_runtime::Emit;
 use distillery_schemas::{
     decode, now_ms, stable_id, CheckpointEvent, ConsumedOffset, ErrorClass, RecordKind, ShardManifest, TrainMetrics,
 };
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +67,9 @@ enum Feed {
     },
     /// No new shard for `stop_when_idle_secs`.
     Idle,
+    /// The input cannot be read (after `read_retry_secs` of retries, or at once when the saved
+    /// position is gone): the run stops with an error, never as if it were complete.
+    Failed(String),
 }
 
 pub async fn run(
@@ -142,7 +145,10 @@ pub async fn run(
         shutdown.await;
         stop_on_signal.store(true, Ordering::SeqCst);
     });
-    let feed = spawn_feed(&run, &settings, &input_topic, state.position.next_offset, publisher.clone(), stop.clone())?;
+    // A run with a checkpoint resumes exactly where it was; a new one starts at the topic's
+    // earliest record.
+    let start = if latest.is_some() { Start::At(state.position.next_offset) } else { Start::Beginning };
+    let feed = spawn_feed(&run, &settings, &input_topic, start, publisher.clone(), stop.clone())?;
 
     let schedule = LrSchedule::new(
         settings.learning_rate,
@@ -202,11 +208,22 @@ fn train_loop(
     let mut queue: VecDeque<QueuedRow> = VecDeque::new();
     let mut skip_rows = state.position.rows_done;
     let mut feed_idle = false;
+    // Shard ids trained or queued: a manifest seen again (a replayed publish) is skipped.
+    let mut seen: HashSet<String> = state.shard_ids.iter().cloned().collect();
+    let mut checkpointed_step = state.step;
     loop {
         // Fill the queue with a global batch (or whatever is left once the feed is idle).
         while queue.len() < settings.global_batch_rows && !feed_idle && !stop.load(Ordering::SeqCst) {
             match feed.blocking_recv() {
+                // A shard resumed mid-way is already in `seen`; a new one must not be.
+                Some(Feed::Shard { offset, id, .. }) if skip_rows == 0 && seen.contains(&id) => {
+                    tracing::info!(offset, shard = %id, "a manifest of a shard already trained (a replayed publish): skipped");
+                    metrics::counter!("distillery_trainer_duplicate_shards_total", "run" => context.run_id.clone())
+                        .increment(1);
+                    skip_past(state, &mut queue, offset);
+                }
                 Some(Feed::Shard { offset, id, rows }) => {
+                    seen.insert(id.clone());
                     let count = rows.len();
                     for (index, row) in rows.into_iter().enumerate().skip(skip_rows) {
                         let after = if index + 1 == count {
@@ -222,14 +239,19 @@ fn train_loop(
                     }
                     skip_rows = 0;
                 }
-                Some(Feed::Skipped { offset }) => {
-                    if queue.is_empty() {
-                        state.position = ShardPosition { next_offset: offset + 1, rows_done: 0 };
-                    } else if let Some(last) = queue.back_mut() {
-                        last.after = ShardPosition { next_offset: offset + 1, rows_done: 0 };
+                Some(Feed::Skipped { offset }) => skip_past(state, &mut queue, offset),
+                Some(Feed::Idle) => feed_idle = true,
+                failed @ (Some(Feed::Failed(_)) | None) => {
+                    // Keep what was trained; the rows queued are read again after a restart.
+                    if state.step > checkpointed_step {
+                        checkpoint_now(runtime, context, student, optimizer, state, false)?;
                     }
+                    let error = match failed {
+                        Some(Feed::Failed(error)) => error,
+                        _ => "the shard feed stopped".to_string(),
+                    };
+                    anyhow::bail!("cannot read the shards: {error}");
                 }
-                Some(Feed::Idle) | None => feed_idle = true,
             }
         }
         if stop.load(Ordering::SeqCst) {
@@ -250,7 +272,18 @@ fn train_loop(
         }
         if state.step % settings.checkpoint_every_steps == 0 {
             checkpoint_now(runtime, context, student, optimizer, state, false)?;
+            checkpointed_step = state.step;
         }
+    }
+}
+
+/// Moves the position past an offset whose record is not trained on: at once when nothing is
+/// queued, else once the queued rows are trained.
+fn skip_past(state: &mut TrainerState, queue: &mut VecDeque<QueuedRow>, offset: i64) {
+    let past = ShardPosition { next_offset: offset + 1, rows_done: 0 };
+    match queue.back_mut() {
+        Some(last) => last.after = past,
+        None => state.position = past,
     }
 }
 
@@ -448,68 +481,110 @@ async fn tokenizer_files(settings: &TrainerSettings) -> anyhow::Result<Tokenizer
     Ok(files)
 }
 
+/// What the reading thread hands to the fetching task.
+enum Read {
+    Record(ReadRecord),
+    Idle,
+    Failed(String),
+}
+
 /// Reads manifests in topic order on a blocking thread, fetches and checks each shard with
 /// read-ahead (the channel holds `read_ahead_shards` shards), and dead-letters what cannot be
-/// used.
+/// used. A read or a dead letter that keeps failing for `read_retry_secs` (the topic missing,
+/// the broker unreachable), or a saved position the topic no longer has, ends the feed with
+/// [`Feed::Failed`].
 fn spawn_feed(
     run: &ProcessorRun,
     settings: &TrainerSettings,
     topic: &str,
-    next_offset: i64,
+    start: Start,
     publisher: Arc<Publisher>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<mpsc::Receiver<Feed>> {
-    let (records_tx, mut records_rx) = mpsc::channel::<Option<ReadRecord>>(1);
+    let (records_tx, mut records_rx) = mpsc::channel::<Read>(1);
     let (feed_tx, feed_rx) = mpsc::channel::<Feed>(settings.read_ahead_shards.max(1));
     let (connection, topic_name) = (run.connection.clone(), topic.to_string());
     let idle_after = settings.stop_when_idle_secs.map(Duration::from_secs);
+    let retry_for = Duration::from_secs(settings.read_retry_secs);
     std::thread::spawn(move || {
-        let reader = match OrderedReader::open(&connection, &topic_name, next_offset) {
-            Ok(reader) => reader,
-            Err(e) => {
-                tracing::error!("cannot read {topic_name}: {e:#}");
-                return;
+        let failed = |e: anyhow::Error| {
+            tracing::error!("cannot read {topic_name}: {e:#}");
+            let _ = records_tx.blocking_send(Read::Failed(format!("{e:#}")));
+        };
+        let failing_since = Instant::now();
+        let reader = loop {
+            match OrderedReader::open(&connection, &topic_name, start) {
+                Ok(reader) => break reader,
+                Err(e) if e.is::<PositionGone>() || failing_since.elapsed() >= retry_for => return failed(e),
+                Err(e) if stop.load(Ordering::SeqCst) => return failed(e),
+                Err(e) => {
+                    tracing::warn!("cannot open {topic_name} (retrying for up to {retry_for:?}): {e:#}");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
             }
         };
         let mut last_record = Instant::now();
+        let mut failing_since: Option<Instant> = None;
         while !stop.load(Ordering::SeqCst) {
             match reader.next(Duration::from_millis(500)) {
                 Ok(Some(record)) => {
-                    last_record = Instant::now();
-                    if records_tx.blocking_send(Some(record)).is_err() {
+                    (last_record, failing_since) = (Instant::now(), None);
+                    if records_tx.blocking_send(Read::Record(record)).is_err() {
                         return;
                     }
                 }
                 Ok(None) => {
+                    failing_since = None;
                     if idle_after.is_some_and(|idle| last_record.elapsed() >= idle) {
-                        let _ = records_tx.blocking_send(None);
+                        let _ = records_tx.blocking_send(Read::Idle);
                         return;
                     }
                 }
-                Err(e) => tracing::warn!("{e:#}"),
+                Err(e) if e.is::<PositionGone>() => return failed(e),
+                Err(e) if failing_since.get_or_insert_with(Instant::now).elapsed() >= retry_for => return failed(e),
+                Err(e) => {
+                    tracing::warn!("{e:#} (retrying)");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
             }
         }
     });
     let (topic, attempts) = (topic.to_string(), settings.fetch_attempts);
     tokio::spawn(async move {
-        while let Some(record) = records_rx.recv().await {
-            let Some(record) = record else {
-                let _ = feed_tx.send(Feed::Idle).await;
-                return;
+        while let Some(read) = records_rx.recv().await {
+            let record = match read {
+                Read::Record(record) => record,
+                Read::Idle => {
+                    let _ = feed_tx.send(Feed::Idle).await;
+                    return;
+                }
+                Read::Failed(error) => {
+                    let _ = feed_tx.send(Feed::Failed(error)).await;
+                    return;
+                }
             };
             let item = match fetch_shard(&record, attempts).await {
                 Ok((id, rows)) => Feed::Shard { offset: record.offset, id, rows },
                 Err(e) => {
-                    let failed = FailedInput {
-                        source_topic: &topic,
-                        partition: record.partition,
-                        offset: record.offset,
-                        key: record.key.as_deref(),
-                        original: &record.payload,
-                    };
                     tracing::error!(offset = record.offset, "shard dead-lettered: {e:#}");
-                    if let Err(e) = publisher.dead_letter(failed, ErrorClass::User, &format!("{e:#}")).await {
-                        tracing::error!("cannot dead-letter shard at offset {}: {e}", record.offset);
+                    let reason = format!("{e:#}");
+                    let send = || {
+                        let failed = FailedInput {
+                            source_topic: &topic,
+                            partition: record.partition,
+                            offset: record.offset,
+                            key: record.key.as_deref(),
+                            original: &record.payload,
+                        };
+                        publisher.dead_letter(failed, ErrorClass::User, &reason)
+                    };
+                    let retry = ExponentialBuilder::default()
+                        .with_max_delay(Duration::from_secs(5))
+                        .with_total_delay(Some(retry_for))
+                        .with_max_times(usize::MAX);
+                    if let Err(e) = send.retry(retry).await {
+                        let error = format!("cannot dead-letter the shard at offset {}: {e}", record.offset);
+                        let _ = feed_tx.send(Feed::Failed(error)).await;
                         return;
                     }
                     Feed::Skipped { offset: record.offset }
