@@ -37,7 +37,7 @@ async fn killing_anything_at_any_moment_changes_nothing_that_reaches_the_trainer
         rebalance_gap_ms: 2000,
         fault_rate: 0.3,
         teacher_latency_ms: 300,
-        trainer_steps: 100,
+        trainer_steps: 60,
         teacher_down_secs: 10,
         s3_down_secs: 10,
         s3_bucket: Some("distillery".into()),

@@ -5,13 +5,10 @@
 //! after a rebalance costs no second LLM call.
 
 use distillery_llm_test_server::{LlmServer, ServerConfig};
-use distillery_packer::tokenize::byte_level_tokenizer;
 use distillery_runtime::bench::produce_keyed;
-use distillery_schemas::{
-    decode, encode, now_ms, stable_id, AgreedSample, JudgeMethod, JudgedSample, SamplingSettings, ShardManifest,
-    TeacherSample, TeacherTrace, Verdict,
-};
-use distillery_tests::{encoded_question, repo_root, wait_until, Cluster, Proc};
+use distillery_schemas::{decode, now_ms, AgreedSample, ShardManifest, Verdict};
+use distillery_tests::records::{agreed_sample, judged_sample, write_student};
+use distillery_tests::{encoded_question, wait_until, Cluster, Proc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -48,44 +45,9 @@ window_sequences = 1
     )
 }
 
-/// Writes the student tokenizer files the packer topology names.
-fn write_student(cluster: &Cluster) {
-    let tokenizer = byte_level_tokenizer(&["<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>"]);
-    std::fs::write(cluster.path("tokenizer.json"), tokenizer.to_string(false).unwrap()).unwrap();
-    let template =
-        std::fs::read_to_string(repo_root().join("processors/packer/templates/nvidia-nemotron-nano-v2.jinja")).unwrap();
-    let config = serde_json::json!({"chat_template": template, "eos_token": "<SPECIAL_12>"});
-    std::fs::write(cluster.path("tokenizer_config.json"), config.to_string()).unwrap();
-}
-
 /// Agreed samples q0000.. keyed by question id (so both partitions get some).
 fn agreed_records(n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|i| {
-            let question_id = format!("q{i:04}");
-            let trace = |teacher: &str| TeacherTrace {
-                teacher: teacher.into(),
-                sample_id: stable_id(&[&question_id, teacher]),
-                verdict: "MATCH".into(),
-                reasoning: Some(format!("Problem {i}. {}", "We compute step by step. ".repeat(5 + i % 7))),
-                answer: Some(format!("The answer is \\boxed{{{i}}}.")),
-                completion_tokens: 0,
-                finish_reason: "stop".into(),
-            };
-            let record = AgreedSample {
-                id: stable_id(&[&question_id, "teacher-a", "teacher-b"]),
-                question_id: question_id.clone(),
-                dataset: "d".into(),
-                problem: format!("What is {i} + 0?"),
-                expected_answer: i.to_string(),
-                accepted: true,
-                reason: None,
-                traces: vec![trace("teacher-a"), trace("teacher-b")],
-                decided_at_ms: 0,
-            };
-            (question_id, encode(&record).unwrap())
-        })
-        .collect()
+    (0..n).map(|i| agreed_sample(i, 5 + i % 7)).collect()
 }
 
 /// How many published shards (distinct manifests) hold each question.
@@ -126,7 +88,7 @@ fn unblock_store(cluster: &Cluster) {
 async fn a_question_held_by_a_replica_that_loses_its_partition_is_shipped_by_one_replica_only() {
     // Nothing fills a shard: everything is held until the idle flush, 10 s after the last input.
     let cluster = Cluster::start(&packer_topology("rows_per_shard = 1000\nflush_idle_secs = 10")).await;
-    write_student(&cluster);
+    write_student(cluster.dir.path());
     std::fs::create_dir_all(cluster.path("store")).unwrap();
     let records = agreed_records(40);
     let mut first = cluster.spawn("packer-a", "r1");
@@ -153,7 +115,7 @@ async fn a_question_held_by_a_replica_that_loses_its_partition_is_shipped_by_one
 async fn a_shipment_cut_short_by_a_rebalance_is_shipped_once_the_store_is_back() {
     // Shards of 2 rows fill as records arrive; the store refuses every upload at first.
     let cluster = Cluster::start(&packer_topology("rows_per_shard = 2\nflush_idle_secs = 3")).await;
-    write_student(&cluster);
+    write_student(cluster.dir.path());
     block_store(&cluster);
     let records = agreed_records(20);
     let mut first = cluster.spawn("packer-a", "r1");
@@ -174,7 +136,7 @@ async fn a_shipment_cut_short_by_a_rebalance_is_shipped_once_the_store_is_back()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flush_that_cannot_reach_the_store_holds_up_neither_commits_nor_rebalances_nor_shutdown() {
     let cluster = Cluster::start(&packer_topology("rows_per_shard = 1000\nflush_idle_secs = 1")).await;
-    write_student(&cluster);
+    write_student(cluster.dir.path());
     block_store(&cluster);
     let records = agreed_records(10);
     let mut first = cluster.spawn("packer-a", "r1");
@@ -224,48 +186,7 @@ runtime = { commit_interval_ms = 100, session_timeout_ms = 1000, tick_interval_m
 "#;
 
 fn verdict(question: &str, teacher: &str) -> (String, Vec<u8>) {
-    let sample = TeacherSample {
-        id: stable_id(&[question, teacher, "0"]),
-        question_id: question.into(),
-        dataset: "d".into(),
-        problem: "What is 1 + 1?".into(),
-        expected_answer: "2".into(),
-        teacher: teacher.into(),
-        attempt: 0,
-        model: teacher.into(),
-        server_model: None,
-        endpoint: None,
-        reasoning: Some("thinking".into()),
-        answer: Some("\\boxed{2}".into()),
-        finish_reason: "stop".into(),
-        prompt_tokens: 10,
-        completion_tokens: 10,
-        reasoning_tokens: None,
-        latency_ms: 1,
-        sampling: SamplingSettings {
-            temperature: 1.0,
-            top_p: 1.0,
-            max_tokens: 100,
-            reasoning_effort: None,
-            system_prompt: None,
-            prompt_template: "{problem}".into(),
-            seed: None,
-        },
-        replayed: false,
-        created_at_ms: now_ms(),
-    };
-    let judged = JudgedSample {
-        id: stable_id(&[&sample.id, "judge"]),
-        sample,
-        verdict: Verdict::Match,
-        extracted_answer: Some("2".into()),
-        method: JudgeMethod::Rule,
-        judge_model: None,
-        judge_output: None,
-        detail: None,
-        judged_at_ms: now_ms(),
-    };
-    (question.to_string(), encode(&judged).unwrap())
+    judged_sample(question, teacher, Verdict::Match, now_ms())
 }
 
 fn decisions(cluster: &Cluster, topic: &str) -> Vec<AgreedSample> {

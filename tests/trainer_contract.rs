@@ -5,10 +5,10 @@
 //! instead of silently starting over.
 
 use distillery_packer::ffd::{Row, Sequence};
-use distillery_packer::shard::{build_shard, ShardOrigin, TokenizedSequence};
+use distillery_packer::shard::TokenizedSequence;
 use distillery_runtime::bench::produce_keyed;
-use distillery_schemas::{decode, encode, stable_id, CheckpointEvent, ShardManifest, TrainMetrics};
-use distillery_tests::{distillery_bin, repo_root, wait_until, Cluster};
+use distillery_schemas::{decode, encode, stable_id, CheckpointEvent, TrainMetrics};
+use distillery_tests::{distillery_bin, records, repo_root, wait_until, Cluster};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -74,37 +74,7 @@ fn shard(cluster: &Cluster, index: i64) -> (String, Vec<u8>) {
             Row { tokens: 16, sequences }
         })
         .collect();
-    let origin = ShardOrigin {
-        style: "teacher-a".into(),
-        shard_index: index,
-        row_capacity: 16,
-        tokenizer_sha256: "t".into(),
-        template_sha256: "t".into(),
-    };
-    let (bytes, file) = build_shard(&rows, &origin).unwrap();
-    let uri = cluster.path(&format!("shard-{index:03}.safetensors")).display().to_string();
-    std::fs::write(&uri, &bytes).unwrap();
-    let manifest = ShardManifest {
-        id: stable_id(&["shard", &index.to_string()]),
-        style: file.style.clone(),
-        shard_index: index,
-        uri: uri.clone(),
-        manifest_uri: uri.replace(".safetensors", ".json"),
-        format: file.format.clone(),
-        bytes: bytes.len() as i64,
-        sha256: file.sha256.clone(),
-        rows: file.rows as i32,
-        sequences: file.sequences as i32,
-        tokens: file.tokens as i64,
-        completion_tokens: file.completion_tokens as i64,
-        row_capacity: 16,
-        fill_ratio: file.fill_ratio,
-        tokenizer_sha256: "t".into(),
-        template_sha256: "t".into(),
-        question_ids: file.question_ids.clone(),
-        created_at_ms: 0,
-    };
-    ("teacher-a".to_string(), encode(&manifest).unwrap())
+    records::shard(cluster.dir.path(), index, &rows, 16)
 }
 
 fn checkpoints(cluster: &Cluster) -> Vec<CheckpointEvent> {

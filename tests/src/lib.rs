@@ -2,6 +2,8 @@
 //! written to a temporary folder and applied, and processors run as real `distillery run`
 //! processes that can be killed with SIGKILL or stopped with SIGTERM.
 
+pub mod records;
+
 use distillery_runtime::broker::{BrokerStore, LocalBroker};
 use distillery_runtime::reader::{group_lag, read_to_end, ReadRecord};
 use distillery_runtime::{admin, Connection, Topology};

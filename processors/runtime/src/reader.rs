@@ -148,8 +148,24 @@ fn read_partitions_of(
 /// Sum over partitions of the high watermark: how many records a topic has received (for
 /// topics that are never truncated).
 pub fn end_offset_total(connection: &Connection, topic: &str) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = connection.reader()?;
-    end_offsets(&consumer, topic).map(|ends| ends.values().sum())
+    EndOffsets::new(connection)?.total(topic)
+}
+
+/// [`end_offset_total`] over one client kept for many calls (a driver that polls progress
+/// several times a second); it reconnects by itself after a broker restart.
+pub struct EndOffsets {
+    consumer: BaseConsumer,
+}
+
+impl EndOffsets {
+    pub fn new(connection: &Connection) -> anyhow::Result<EndOffsets> {
+        Ok(EndOffsets { consumer: connection.reader()? })
+    }
+
+    /// Sum over partitions of the high watermark of `topic`.
+    pub fn total(&self, topic: &str) -> anyhow::Result<i64> {
+        end_offsets(&self.consumer, topic).map(|ends| ends.values().sum())
+    }
 }
 
 fn end_offsets(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {

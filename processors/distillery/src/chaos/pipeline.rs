@@ -8,7 +8,7 @@ use super::setup::{self, Teachers, EXPIRING_QUESTION};
 use super::{kind_of, RunContext, KINDS, REPLICATED};
 use distillery_runtime::bench::produce_keyed;
 use distillery_runtime::broker::{BrokerStore, LocalBroker};
-use distillery_runtime::reader::{end_offset_total, group_lag, read_to_end, ReadRecord};
+use distillery_runtime::reader::{group_lag, read_to_end, EndOffsets, ReadRecord};
 use distillery_runtime::{admin, Connection, Topology};
 use distillery_schemas::{
     decode, AgreedSample, CheckpointEvent, DeadLetter, JudgedSample, Question, ShardManifest, TeacherSample,
@@ -35,6 +35,8 @@ pub struct Pipeline {
     pub unplanned_exits: Vec<(String, String, String)>,
     /// When teacher B's late verdict was published (after the scripted expiry).
     late_verdict_sent: Option<Instant>,
+    /// One client for the output counts the driver reads several times a second.
+    ends: EndOffsets,
 }
 
 pub struct Replica {
@@ -71,6 +73,7 @@ impl Pipeline {
         let topology = Topology::load(&topology_path)?;
         topology.validate(&topology_path.display().to_string(), &crate::registry::processor_types())?;
         context.runtime.block_on(admin::apply_topology(&topology, &broker.connection()))?;
+        let ends = EndOffsets::new(&broker.connection())?;
         let mut pipeline = Pipeline {
             dir,
             broker,
@@ -83,6 +86,7 @@ impl Pipeline {
             joined: 0,
             unplanned_exits: Vec::new(),
             late_verdict_sent: None,
+            ends,
         };
         let consumers: Vec<String> = pipeline
             .topology
@@ -148,12 +152,11 @@ impl Pipeline {
     /// Records on a kind's output topics, or on every stage's with "any" (None while the
     /// broker does not answer).
     pub fn output_count(&self, kind: &str) -> Option<i64> {
-        let connection = self.connection();
         KINDS
             .iter()
             .filter(|(k, _, _)| kind == "any" || *k == kind)
             .flat_map(|(_, _, outputs)| outputs.iter())
-            .map(|t| end_offset_total(&connection, &self.topology.topic_name(t)).ok())
+            .map(|t| self.ends.total(&self.topology.topic_name(t)).ok())
             .sum()
     }
 
@@ -292,11 +295,19 @@ impl Pipeline {
     ) -> anyhow::Result<Outcome> {
         let deadline = Instant::now() + Duration::from_secs(context.args.timeout_secs);
         let mut last_report = Instant::now();
+        let mut last_progress = Instant::now();
         loop {
             self.supervise(context)?;
             if let Some(chaos) = chaos.as_deref_mut() {
                 chaos.step(context, &mut self)?;
             }
+            // Reading every topic takes a while: often enough to see the end, not so often
+            // that the disruptions wait for it.
+            if last_progress.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            last_progress = Instant::now();
             let progress = self.progress();
             if let Ok(p) = &progress {
                 if p.expired && self.late_verdict_sent.is_none() {
@@ -328,7 +339,6 @@ impl Pipeline {
                     self.dir.join("logs").display()
                 );
             }
-            std::thread::sleep(Duration::from_millis(200));
         }
         for child in self.replicas.values_mut().map(|r| &mut r.child).chain(self.leaving.iter_mut().map(|(_, c)| c)) {
             if child.try_wait()?.is_none() {
