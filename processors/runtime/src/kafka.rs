@@ -110,6 +110,9 @@ impl Connection {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Incremental rebalancing: a replica joining or leaving moves only the partitions
+            // that change owner; the others keep their records in flight and their state.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (session_timeout_ms / 4).max(100).to_string())
             // The runner does not poll while all its in-flight slots are busy (records stay

@@ -145,6 +145,13 @@ impl Partitions {
         lock(&self.held).is_empty()
     }
 
+    /// The partitions held now, in order.
+    pub fn held(&self) -> Vec<PartitionId> {
+        let mut held: Vec<PartitionId> = lock(&self.held).keys().cloned().collect();
+        held.sort();
+        held
+    }
+
     /// The running tick's cancellation.
     pub fn tick_cancellation(&self) -> CancellationToken {
         lock(&self.tick_cancel).clone()

@@ -295,11 +295,13 @@ async fn on_rebalance<P: Processor>(
         RebalanceEvent::Revoked(revoked) => {
             tracing::info!(processor = %name, "partitions revoked: {}", describe(revoked.iter().cloned()));
             guarded(name, "on_revoked", processor.on_revoked(&revoked)).await;
+            tracing::info!(processor = %name, "partitions held: {}", describe(partitions.held().into_iter()));
             None
         }
         RebalanceEvent::Assigned(assigned) => {
             tracing::info!(processor = %name, "partitions assigned: {}", describe(assigned.iter().map(|a| a.partition.clone())));
             guarded(name, "on_assigned", processor.on_assigned(&assigned)).await;
+            tracing::info!(processor = %name, "partitions held: {}", describe(partitions.held().into_iter()));
             let look_back = if settings.dedup_window == 0 { 0 } else { settings.dedup_restore_records as i64 };
             let nothing_to_restore = !P::RESTORES_FROM_INPUT && P::RESTORES_FROM_OUTPUTS.is_empty() && look_back == 0;
             if assigned.is_empty() || nothing_to_restore {
