@@ -12,6 +12,8 @@ pub struct Disruptions {
     rng: rand::rngs::StdRng,
     started: Instant,
     next_kill: Instant,
+    /// While S3 is down: when the next packer that waits for it with a shipment is killed.
+    next_shipment_kill: Instant,
     next_rebalance: Instant,
     pub kills: BTreeMap<&'static str, usize>,
     /// Packer kills that landed while the replica was shipping a shard, and a flush.
@@ -84,6 +86,7 @@ impl Disruptions {
             rng: rand::rngs::StdRng::seed_from_u64(args.seed),
             started: Instant::now(),
             next_kill: Instant::now() + Duration::from_secs(2),
+            next_shipment_kill: Instant::now(),
             next_rebalance: Instant::now() + Duration::from_secs(3),
             kills: KINDS.iter().map(|(kind, _, _)| (*kind, 0)).collect(),
             kills_during_shipment: 0,
@@ -206,20 +209,22 @@ impl Disruptions {
 
     fn kill(&mut self, context: &RunContext, pipeline: &mut Pipeline) -> anyhow::Result<()> {
         let now = Instant::now();
+        // While S3 is down the packers' shipments and flushes wait for it: beside the schedule,
+        // one of those packers is killed every 1.5 s.
+        if self.s3_down() && now >= self.next_shipment_kill {
+            self.next_shipment_kill = now + Duration::from_millis(1500);
+            let shipping = pipeline.packers_shipping();
+            if !shipping.is_empty() {
+                let (key, state) = shipping[self.rng.gen_range(0..shipping.len())].clone();
+                self.kill_one(context, pipeline, "packer", &key, state)?;
+            }
+        }
         if now < self.next_kill {
             return Ok(());
         }
         let args = &context.args;
         let (min, max) = (args.kill_gap_min_ms, args.kill_gap_max_ms.max(args.kill_gap_min_ms));
         self.next_kill = now + Duration::from_millis(self.rng.gen_range(min..=max));
-        // While S3 is down the packers' shipments and flushes wait for it: kill one of those.
-        if self.s3_down() {
-            let shipping = pipeline.packers_shipping();
-            if !shipping.is_empty() {
-                let (key, state) = shipping[self.rng.gen_range(0..shipping.len())].clone();
-                return self.kill_one(context, pipeline, "packer", &key, state);
-            }
-        }
         // The kind furthest behind its quota goes next, among those with a replica to kill.
         let mut wanted: Vec<_> = self
             .kills
