@@ -5,9 +5,8 @@
 //! pending joins from its input.
 
 use distillery_runtime::bench::produce_keyed;
-use distillery_schemas::{
-    encode, stable_id, AgreedSample, JudgeMethod, JudgedSample, SamplingSettings, TeacherSample, Verdict,
-};
+use distillery_schemas::{AgreedSample, Verdict};
+use distillery_tests::records::judged_sample;
 use distillery_tests::{ids_with_counts, wait_until, Cluster};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -38,49 +37,7 @@ runtime = { max_in_flight = 16, commit_interval_ms = 100, session_timeout_ms = 1
 "#;
 
 fn judged(question: usize, teacher: &str, verdict: Verdict) -> (String, Vec<u8>) {
-    let question_id = format!("q{question:04}");
-    let sample = TeacherSample {
-        id: stable_id(&[&question_id, teacher, "0"]),
-        question_id: question_id.clone(),
-        dataset: "d".into(),
-        problem: format!("Problem {question}"),
-        expected_answer: question.to_string(),
-        teacher: teacher.into(),
-        attempt: 0,
-        model: teacher.into(),
-        server_model: None,
-        endpoint: None,
-        reasoning: Some("thinking ".repeat(50)),
-        answer: Some(format!("\\boxed{{{question}}}")),
-        finish_reason: "stop".into(),
-        prompt_tokens: 10,
-        completion_tokens: 60,
-        reasoning_tokens: None,
-        latency_ms: 1,
-        sampling: SamplingSettings {
-            temperature: 1.0,
-            top_p: 1.0,
-            max_tokens: 100,
-            reasoning_effort: None,
-            system_prompt: None,
-            prompt_template: "{problem}".into(),
-            seed: None,
-        },
-        replayed: false,
-        created_at_ms: distillery_schemas::now_ms(),
-    };
-    let record = JudgedSample {
-        id: stable_id(&[&sample.id, "judge"]),
-        sample,
-        verdict,
-        extracted_answer: None,
-        method: JudgeMethod::Rule,
-        judge_model: None,
-        judge_output: None,
-        detail: None,
-        judged_at_ms: distillery_schemas::now_ms(),
-    };
-    (question_id, encode(&record).unwrap())
+    judged_sample(&format!("q{question:04}"), teacher, verdict, distillery_schemas::now_ms())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,10 +5,10 @@
 //! counts and masks match.
 
 use distillery_packer::shard::{read_shard, ShardFileManifest};
-use distillery_packer::tokenize::byte_level_tokenizer;
 use distillery_runtime::bench::produce_keyed;
-use distillery_schemas::{decode, encode, stable_id, AgreedSample, ShardManifest, TeacherTrace};
-use distillery_tests::{repo_root, venv_python, wait_until, Cluster};
+use distillery_schemas::{decode, ShardManifest};
+use distillery_tests::records::{agreed_sample, write_student};
+use distillery_tests::{venv_python, wait_until, Cluster};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,31 +42,6 @@ max_open_rows = 4
 flush_idle_secs = 2
 "#;
 
-fn agreed(i: usize, rng: &mut impl Rng) -> (String, Vec<u8>) {
-    let question_id = format!("q{i:04}");
-    let trace = |teacher: &str, words: usize| TeacherTrace {
-        teacher: teacher.into(),
-        sample_id: stable_id(&[&question_id, teacher]),
-        verdict: "MATCH".into(),
-        reasoning: Some(format!("Let me work on problem {i}. {}", "We compute step by step. ".repeat(words))),
-        answer: Some(format!("The answer is \\boxed{{{i}}}.")),
-        completion_tokens: 0,
-        finish_reason: "stop".into(),
-    };
-    let record = AgreedSample {
-        id: stable_id(&[&question_id, "teacher-a", "teacher-b"]),
-        question_id: question_id.clone(),
-        dataset: "d".into(),
-        problem: format!("What is {i} + 0?"),
-        expected_answer: i.to_string(),
-        accepted: true,
-        reason: None,
-        traces: vec![trace("teacher-a", rng.gen_range(5..60)), trace("teacher-b", 10)],
-        decided_at_ms: 0,
-    };
-    (question_id, encode(&record).unwrap())
-}
-
 /// The published manifests, de-duplicated by id.
 fn manifests(cluster: &Cluster) -> BTreeMap<String, ShardManifest> {
     cluster
@@ -80,15 +55,10 @@ fn manifests(cluster: &Cluster) -> BTreeMap<String, ShardManifest> {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_question_lands_in_exactly_one_complete_shard_despite_a_kill() {
     let cluster = Cluster::start(TOPOLOGY).await;
-    let tokenizer = byte_level_tokenizer(&["<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>"]);
-    std::fs::write(cluster.path("tokenizer.json"), tokenizer.to_string(false).unwrap()).unwrap();
-    let template =
-        std::fs::read_to_string(repo_root().join("processors/packer/templates/nvidia-nemotron-nano-v2.jinja")).unwrap();
-    let config = serde_json::json!({"chat_template": template, "eos_token": "<SPECIAL_12>"});
-    std::fs::write(cluster.path("tokenizer_config.json"), config.to_string()).unwrap();
+    write_student(cluster.dir.path());
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let records: Vec<_> = (0..SAMPLES).map(|i| agreed(i, &mut rng)).collect();
+    let records: Vec<_> = (0..SAMPLES).map(|i| agreed_sample(i, rng.gen_range(5..60))).collect();
     let topic = cluster.topology.topic_name("agreed");
     let mut packer = cluster.spawn("packer-a", "0");
     produce_keyed(&cluster.connection(), &topic, &records[..SAMPLES / 2]).await.unwrap();

@@ -1,6 +1,7 @@
 //! Feeder -> pass-through over the real local broker: every row of a Nemotron-format Parquet
-//! fixture and a plain JSONL fixture is published once, copied once, and bad rows become dead
-//! letters with their reasons. A second feeder run publishes nothing.
+//! fixture and a plain JSONL fixture is published once, copied once (each record is on each
+//! topic exactly once), and bad rows become dead letters with their reasons. A second feeder
+//! run publishes nothing.
 
 use distillery_runtime::admin::{apply_topology, TopicOutcome};
 use distillery_schemas::{decode, DeadLetter, Question};
@@ -45,6 +46,8 @@ async fn feeder_and_passthrough_deliver_every_row_exactly_once() {
     wait_until("copy's offsets committed", Duration::from_secs(30), || cluster.lag("copy") == 0);
     let copies = cluster.read("copies");
     assert_eq!(ids_with_counts(&copies).keys().collect::<Vec<_>>(), counts.keys().collect::<Vec<_>>());
+    // Exactly once, not merely every id: nothing was killed, so no copy was produced twice.
+    assert_eq!(copies.len(), 150, "a copy record on the topic twice");
     for record in &copies {
         let copied: Question = decode(&record.payload).unwrap();
         let original = questions.iter().find(|q| q.id() == record.id()).unwrap();

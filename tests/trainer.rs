@@ -6,9 +6,9 @@
 //! carry the same id and the same numbers).
 
 use distillery_packer::ffd::{Row, Sequence};
-use distillery_packer::shard::{build_shard, ShardOrigin, TokenizedSequence};
+use distillery_packer::shard::TokenizedSequence;
 use distillery_runtime::bench::produce_keyed;
-use distillery_schemas::{decode, encode, stable_id, CheckpointEvent, ShardManifest, TrainMetrics};
+use distillery_schemas::{decode, stable_id, CheckpointEvent, TrainMetrics};
 use distillery_tests::{wait_until, Cluster};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -78,37 +78,7 @@ fn write_shards(cluster: &Cluster) -> Vec<(String, Vec<u8>)> {
                 Row { tokens: sequences.iter().map(|s| s.tokens).sum(), sequences }
             })
             .collect();
-        let origin = ShardOrigin {
-            style: "teacher-a".into(),
-            shard_index,
-            row_capacity: 64,
-            tokenizer_sha256: "t".into(),
-            template_sha256: "t".into(),
-        };
-        let (bytes, file) = build_shard(&rows, &origin).unwrap();
-        let uri = cluster.path(&format!("shard-{shard_index:03}.safetensors")).display().to_string();
-        std::fs::write(&uri, &bytes).unwrap();
-        let manifest = ShardManifest {
-            id: stable_id(&["shard", &shard_index.to_string()]),
-            style: file.style.clone(),
-            shard_index,
-            uri: uri.clone(),
-            manifest_uri: uri.replace(".safetensors", ".json"),
-            format: file.format.clone(),
-            bytes: bytes.len() as i64,
-            sha256: file.sha256.clone(),
-            rows: file.rows as i32,
-            sequences: file.sequences as i32,
-            tokens: file.tokens as i64,
-            completion_tokens: file.completion_tokens as i64,
-            row_capacity: 64,
-            fill_ratio: file.fill_ratio,
-            tokenizer_sha256: "t".into(),
-            template_sha256: "t".into(),
-            question_ids: file.question_ids.clone(),
-            created_at_ms: 0,
-        };
-        records.push(("teacher-a".to_string(), encode(&manifest).unwrap()));
+        records.push(distillery_tests::records::shard(cluster.dir.path(), shard_index, &rows, 64));
     }
     records
 }

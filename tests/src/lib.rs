@@ -2,6 +2,8 @@
 //! written to a temporary folder and applied, and processors run as real `distillery run`
 //! processes that can be killed with SIGKILL or stopped with SIGTERM.
 
+pub mod records;
+
 use distillery_runtime::broker::{BrokerStore, LocalBroker};
 use distillery_runtime::reader::{group_lag, read_to_end, ReadRecord};
 use distillery_runtime::{admin, Connection, Topology};
@@ -204,12 +206,12 @@ impl Proc {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// The partitions named in the last "partitions assigned" line of the log.
+    /// The partitions the replica holds, from the last "partitions held" line of its log
+    /// (logged after every assignment and revocation).
     pub fn last_assignment(&self) -> Option<BTreeSet<String>> {
         let log = self.log();
-        let line =
-            log.lines().rev().find(|l| l.contains("partitions assigned: ") || l.contains("partitions revoked: "))?;
-        let (_, list) = line.split_once("partitions assigned: ")?;
+        let line = log.lines().rev().find(|l| l.contains("partitions held: "))?;
+        let (_, list) = line.split_once("partitions held: ")?;
         let list = list.split(" processor=").next().unwrap_or(list).trim();
         Some(list.split(", ").filter(|p| !p.is_empty()).map(str::to_string).collect())
     }

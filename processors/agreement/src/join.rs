@@ -87,9 +87,22 @@ impl JoinState {
         }
     }
 
+    /// Counts a question as decided (a rejection learned from the `rejected` topic: an
+    /// expiry its input alone would not repeat).
+    pub fn mark_decided(&mut self, partition: &PartitionId, question: &str) {
+        self.pending.remove(question);
+        self.decided.entry(partition.clone()).or_default().insert(question.to_string());
+    }
+
     /// Rejects every question still waiting whose partition's event time (at wall time
-    /// `wall_ms`) reached its first verdict's time plus `expire_after_secs`.
-    pub fn expire(&mut self, settings: &AgreementSettings, clock: &EventClock, wall_ms: i64) -> Vec<AgreedSample> {
+    /// `wall_ms`) reached its first verdict's time plus `expire_after_secs`; returns each
+    /// rejection with the partition it came from.
+    pub fn expire(
+        &mut self,
+        settings: &AgreementSettings,
+        clock: &EventClock,
+        wall_ms: i64,
+    ) -> Vec<(PartitionId, AgreedSample)> {
         let expire_after_ms = i64::try_from(settings.expire_after_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let mut expired: Vec<String> = self
             .pending
@@ -116,7 +129,8 @@ impl JoinState {
                     "expired: no verdict from {} in time",
                     if missing.is_empty() { "every attempt".to_string() } else { missing.join(", ") }
                 );
-                Some(self.decide(settings, &question, pending, false, Some(reason)))
+                let partition = pending.partition.clone();
+                Some((partition, self.decide(settings, &question, pending, false, Some(reason))))
             })
             .collect()
     }
@@ -328,8 +342,9 @@ mod tests {
         // The stream goes quiet: its time moves on with the wall clock.
         let expired = join.expire(&s, &clock, 11_000);
         assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].question_id, "old");
-        assert_eq!(expired[0].reason.as_deref(), Some("expired: no verdict from b in time"));
+        assert_eq!(expired[0].0, p0());
+        assert_eq!(expired[0].1.question_id, "old");
+        assert_eq!(expired[0].1.reason.as_deref(), Some("expired: no verdict from b in time"));
         assert_eq!(
             add(&mut join, &mut clock, at(judged("old", "b", 0, Verdict::Match, 1), 52_000), 11_000),
             Outcome::Ignored("question already decided")
@@ -337,7 +352,7 @@ mod tests {
         // A later verdict moves event time past "new"'s deadline.
         add(&mut join, &mut clock, at(judged("other", "a", 0, Verdict::Match, 1), 200_000), 11_001);
         let expired = join.expire(&s, &clock, 11_001);
-        assert_eq!(expired.iter().map(|e| e.question_id.as_str()).collect::<Vec<_>>(), ["new"]);
+        assert_eq!(expired.iter().map(|(_, e)| e.question_id.as_str()).collect::<Vec<_>>(), ["new"]);
         assert_eq!(join.pending(), 1);
         assert!(join.expire(&s, &clock, 11_002).is_empty(), "\"other\" is not due");
         let other = PartitionId { topic: "judged".into(), partition: 1 };
@@ -360,6 +375,19 @@ mod tests {
             panic!()
         };
         assert!(d.accepted);
+    }
+
+    #[test]
+    fn a_question_learned_as_decided_ignores_its_verdicts() {
+        let s = settings(1, Keep::First);
+        let mut join = JoinState::default();
+        join.add(&s, judged("q", "a", 0, Verdict::Match, 1), &p0());
+        join.mark_decided(&p0(), "q");
+        assert_eq!(join.pending(), 0);
+        assert_eq!(
+            join.add(&s, judged("q", "b", 0, Verdict::Match, 1), &p0()),
+            Outcome::Ignored("question already decided")
+        );
     }
 
     #[test]

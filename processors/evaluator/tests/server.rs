@@ -64,6 +64,7 @@ fn ctx() -> RecordContext {
         partition: 0,
         offset: 0,
         key: Some("nano-gpt-oss".into()),
+        generation: 0,
     }
 }
 

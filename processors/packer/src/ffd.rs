@@ -89,6 +89,18 @@ impl<T> OnlinePacker<T> {
         sealed
     }
 
+    /// Drops the sequences `keep` rejects from the window and the open rows (a row left
+    /// empty closes): the packer's state for partitions taken from it.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.window.retain(|s| keep(&s.item));
+        self.window_tokens = self.window.iter().map(|s| s.tokens).sum();
+        for row in &mut self.open {
+            row.sequences.retain(|s| keep(&s.item));
+            row.tokens = row.sequences.iter().map(|s| s.tokens).sum();
+        }
+        self.open.retain(|row| !row.sequences.is_empty());
+    }
+
     /// Sequences and tokens waiting (in the window and in open rows).
     pub fn held(&self) -> (usize, usize) {
         let in_rows: usize = self.open.iter().map(|r| r.sequences.len()).sum();
@@ -218,5 +230,22 @@ mod tests {
             "sequence of 101 tokens is longer than a row (100 tokens)"
         );
         assert!(packer.push(Sequence { tokens: 100, item: () }).is_ok());
+    }
+
+    #[test]
+    fn retain_drops_sequences_from_the_window_and_the_open_rows() {
+        let mut settings = PackingSettings::new(100);
+        settings.window_sequences = 3;
+        let mut packer = OnlinePacker::new(settings);
+        for (tokens, item) in [(60, 0), (30, 1), (50, 2), (20, 3)] {
+            assert!(packer.push(Sequence { tokens, item }).unwrap().is_empty());
+        }
+        assert_eq!(packer.held(), (4, 160), "rows [60, 30] and [50], item 3 in the window");
+        packer.retain(|item| item % 2 == 0);
+        assert_eq!(packer.held(), (2, 110));
+        let rows = packer.finish();
+        let items: Vec<Vec<i32>> = rows.iter().map(|r| r.sequences.iter().map(|s| s.item).collect()).collect();
+        assert_eq!(items, [vec![0], vec![2]]);
+        assert_eq!(rows.iter().map(|r| r.tokens).collect::<Vec<_>>(), [60, 50]);
     }
 }

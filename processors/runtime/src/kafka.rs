@@ -110,6 +110,9 @@ impl Connection {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Incremental rebalancing: a replica joining or leaving moves only the partitions
+            // that change owner; the others keep their records in flight and their state.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (session_timeout_ms / 4).max(100).to_string())
             // The runner does not poll while all its in-flight slots are busy (records stay
@@ -127,6 +130,15 @@ impl Connection {
     /// feeder's check for already published ids).
     pub fn reader(&self) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
         self.reader_config().create().map_err(hide_config_value)
+    }
+
+    /// [`Connection::reader`] for a reader that keeps its own position (the trainer's): a
+    /// position that is not in the topic any more is an error, never a silent jump to the
+    /// earliest record.
+    pub fn positioned_reader(&self) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+        let mut config = self.reader_config();
+        config.set("auto.offset.reset", "error");
+        config.create().map_err(hide_config_value)
     }
 
     /// [`Connection::reader`] as an async stream (for the benchmark's raw baseline).

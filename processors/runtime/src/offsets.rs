@@ -40,7 +40,14 @@ impl PartitionOffsets {
 pub struct InFlight {
     pub partition: PartitionId,
     pub offset: i64,
-    generation: u64,
+    pub generation: u64,
+}
+
+impl InFlight {
+    /// The assignment the record was read under.
+    pub fn assignment(&self) -> crate::processor::Assignment {
+        crate::processor::Assignment { partition: self.partition.clone(), generation: self.generation }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -51,10 +58,16 @@ pub struct OffsetTracker {
 
 impl OffsetTracker {
     /// Starts tracking a newly assigned partition (forgetting anything from an earlier
-    /// assignment of it).
-    pub fn assign(&mut self, partition: PartitionId) {
+    /// assignment of it); returns the assignment's generation.
+    pub fn assign(&mut self, partition: PartitionId) -> u64 {
         self.next_generation += 1;
         self.partitions.insert(partition, PartitionOffsets { generation: self.next_generation, ..Default::default() });
+        self.next_generation
+    }
+
+    /// The generation of a partition's current assignment (None when not assigned).
+    pub fn generation(&self, partition: &PartitionId) -> Option<u64> {
+        self.partitions.get(partition).map(|s| s.generation)
     }
 
     /// Stops tracking a revoked partition; returns what may still be committed for it.

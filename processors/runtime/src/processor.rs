@@ -2,6 +2,7 @@
 //! output records; the runtime does everything Kafka (consume, commit, produce, dead letters).
 
 use crate::offsets::PartitionId;
+use crate::outputs::Outputs;
 use distillery_schemas::{encode, ErrorClass, Record, RecordKind};
 use std::future::Future;
 
@@ -13,9 +14,44 @@ pub struct PortSpec {
     pub kind: RecordKind,
 }
 
+/// A partition as this replica holds it. `generation` is new at every assignment, so work
+/// begun under an earlier assignment of the same partition (a task that outlived the
+/// revocation) is recognised as stale, and its outputs are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Assignment {
+    pub partition: PartitionId,
+    pub generation: u64,
+}
+
+/// An output port whose records a processor learns again whenever partitions are assigned
+/// (see [`Processor::RESTORES_FROM_OUTPUTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredOutput {
+    pub port: &'static str,
+    pub scope: OutputScope,
+}
+
+/// Which part of a restored output topic is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputScope {
+    /// Every partition (the packer's one-partition shards topic).
+    WholeTopic,
+    /// The partitions with the numbers of the assigned input partitions: the output is
+    /// co-partitioned with the input (same partition count, keyed by the same key), so they
+    /// hold exactly the outputs of the assigned partitions' records.
+    AssignedPartitions,
+}
+
 /// One stage of the pipeline. Implementations hold their settings and clients; the runtime
 /// calls [`Processor::process`] concurrently (up to `max_in_flight` records at a time), so
 /// `process` takes `&self` and keeps any mutable state behind its own locks.
+///
+/// State kept for a partition must follow the partition: start it in `on_assigned`, rebuild it
+/// in `restore` / `restore_output`, drop it in `on_revoked`, and ignore calls whose
+/// [`RecordContext::generation`] is not the one `on_assigned` gave (a stale task). The runtime
+/// refuses to publish anything that depends on a partition this replica no longer holds, and
+/// a partition's next owner starts only after everything this replica published for it is
+/// acknowledged, so whatever was published is seen by the restore that follows.
 pub trait Processor: Send + Sync + 'static {
     /// The record type this processor reads.
     type Input: Record;
@@ -33,14 +69,15 @@ pub trait Processor: Send + Sync + 'static {
         ctx: &RecordContext,
     ) -> impl Future<Output = Result<Vec<Emit>, ProcessError>> + Send;
 
-    /// Called before the first record of newly assigned partitions is processed: restore
-    /// state kept for them here.
-    fn on_assigned(&self, _partitions: &[PartitionId]) -> impl Future<Output = ()> + Send {
+    /// Called when partitions are assigned, before their state is restored and before their
+    /// first record: start keeping state for them, under these generations.
+    fn on_assigned(&self, _assigned: &[Assignment]) -> impl Future<Output = ()> + Send {
         async {}
     }
 
-    /// Called when partitions are taken away (rebalance) before their offsets are committed:
-    /// drop state kept for them here.
+    /// Called when partitions are taken away (rebalance, shutdown). Their in-flight work was
+    /// cancelled and anything still to be published for them is refused: drop the state kept
+    /// for them here; their next owner rebuilds it.
     fn on_revoked(&self, _partitions: &[PartitionId]) -> impl Future<Output = ()> + Send {
         async {}
     }
@@ -52,31 +89,44 @@ pub trait Processor: Send + Sync + 'static {
 
     /// True for processors whose state is rebuilt from their own input: when partitions are
     /// assigned, the runtime feeds every record below the group's committed offset to
-    /// [`Processor::restore`] before any new record is processed. State thereby moves with
-    /// its partition and survives restarts, with no store of its own.
+    /// [`Processor::restore`] before any new record of them is processed. State thereby moves
+    /// with its partition and survives restarts, with no store of its own.
     const RESTORES_FROM_INPUT: bool = false;
 
     /// Rebuilds state from one record that was already processed (its outputs were already
-    /// delivered, so none are produced).
+    /// delivered, so none are produced). A panic here dead-letters the record, as in
+    /// [`Processor::process`].
     fn restore(&self, _input: Self::Input, _ctx: &RecordContext) -> impl Future<Output = ()> + Send {
         async {}
     }
 
-    /// Output ports whose records the processor must know about after a restart (the packer:
-    /// which questions are already in published shards). On every assignment, before
-    /// [`Processor::restore`], the runtime reads these ports' topics from the beginning and
-    /// hands each record to [`Processor::restore_output`].
-    const RESTORES_FROM_OUTPUTS: &'static [&'static str] = &[];
+    /// Output ports whose records the processor must know about after a restart or a
+    /// rebalance (the packer: which questions are already in published shards; the
+    /// agreement: which questions expired). On every assignment, before
+    /// [`Processor::restore`], the runtime reads them and hands each record to
+    /// [`Processor::restore_output`].
+    const RESTORES_FROM_OUTPUTS: &'static [RestoredOutput] = &[];
 
-    /// Learns one record this processor (or an earlier run of it) already published.
-    fn restore_output(&self, _port: &str, _payload: &[u8]) -> impl Future<Output = ()> + Send {
+    /// Learns one record this processor (or an earlier run of it) already published. `owner`
+    /// is the assigned input partition it belongs to ([`OutputScope::AssignedPartitions`]),
+    /// or None for a whole topic.
+    fn restore_output(
+        &self,
+        _port: &str,
+        _owner: Option<&Assignment>,
+        _payload: &[u8],
+    ) -> impl Future<Output = ()> + Send {
         async {}
     }
 
-    /// Called every `tick_interval_ms`: outputs that the passing of time produces (expired
-    /// joins). They are produced like any output; a replay of a tick yields the same ids.
-    fn on_tick(&self) -> impl Future<Output = Vec<Emit>> + Send {
-        async { Vec::new() }
+    /// Called every `tick_interval_ms` while no restore is running, on a task of its own
+    /// (never two at once) that is cancelled when partitions are revoked or the processor
+    /// stops: outputs that the passing of time produces (expired joins, the packer's shards),
+    /// published through `outputs`, which refuses them once a partition they depend on is no
+    /// longer this replica's. Mark them done only after `publish` returned Ok; a replay of a
+    /// tick must yield the same ids.
+    fn on_tick(&self, _outputs: &Outputs) -> impl Future<Output = ()> + Send {
+        async {}
     }
 }
 
@@ -88,6 +138,19 @@ pub struct RecordContext {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,
+    /// The generation of the partition's assignment this record was read under (see
+    /// [`Assignment`]).
+    pub generation: u64,
+}
+
+impl RecordContext {
+    /// The partition and generation the record belongs to.
+    pub fn assignment(&self) -> Assignment {
+        Assignment {
+            partition: PartitionId { topic: self.topic.clone(), partition: self.partition },
+            generation: self.generation,
+        }
+    }
 }
 
 /// An encoded output on one port. Build it with [`Emit::record`].

@@ -77,6 +77,26 @@ pub fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
 }
 
 pub fn read_to_end(connection: &Connection, topic: &str, timeout: Duration) -> anyhow::Result<Vec<ReadRecord>> {
+    read_partitions_of(connection, topic, None, timeout)
+}
+
+/// Every record of the given partitions of `topic` up to the end they had when the call
+/// started.
+pub fn read_partitions(
+    connection: &Connection,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReadRecord>> {
+    read_partitions_of(connection, topic, Some(partitions), timeout)
+}
+
+fn read_partitions_of(
+    connection: &Connection,
+    topic: &str,
+    only: Option<&[i32]>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<ReadRecord>> {
     let consumer: BaseConsumer = connection.reader()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -91,7 +111,7 @@ pub fn read_to_end(connection: &Connection, topic: &str, timeout: Duration) -> a
     // Read each partition from its low watermark to the high watermark seen now.
     let mut end = HashMap::new();
     let mut assignment = TopicPartitionList::new();
-    for &p in &partitions {
+    for &p in partitions.iter().filter(|p| only.is_none_or(|only| only.contains(p))) {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         if high > low {
             end.insert(p, high);
@@ -128,8 +148,24 @@ pub fn read_to_end(connection: &Connection, topic: &str, timeout: Duration) -> a
 /// Sum over partitions of the high watermark: how many records a topic has received (for
 /// topics that are never truncated).
 pub fn end_offset_total(connection: &Connection, topic: &str) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = connection.reader()?;
-    end_offsets(&consumer, topic).map(|ends| ends.values().sum())
+    EndOffsets::new(connection)?.total(topic)
+}
+
+/// [`end_offset_total`] over one client kept for many calls (a driver that polls progress
+/// several times a second); it reconnects by itself after a broker restart.
+pub struct EndOffsets {
+    consumer: BaseConsumer,
+}
+
+impl EndOffsets {
+    pub fn new(connection: &Connection) -> anyhow::Result<EndOffsets> {
+        Ok(EndOffsets { consumer: connection.reader()? })
+    }
+
+    /// Sum over partitions of the high watermark of `topic`.
+    pub fn total(&self, topic: &str) -> anyhow::Result<i64> {
+        end_offsets(&self.consumer, topic).map(|ends| ends.values().sum())
+    }
 }
 
 fn end_offsets(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {

@@ -89,6 +89,14 @@ pub struct RuntimeSettings {
     /// restarted re-sends what it had not committed). 0 turns de-duplication off.
     #[serde(default = "default_dedup_window")]
     pub dedup_window: usize,
+    /// When a partition is assigned (a restart, a replica joining or leaving), how many of
+    /// its last committed records are read back to seed that window, so that a replay
+    /// arriving after the rebalance costs no second call (a teacher or judge request).
+    /// Processors that rebuild state from their input seed it from the whole restore. The
+    /// price: reading these records on every assignment. A replay of a record older than
+    /// this is processed again.
+    #[serde(default = "default_dedup_restore_records")]
+    pub dedup_restore_records: usize,
     /// How long the group waits for a silent replica before giving its partitions to the
     /// others. Lower means a killed replica's work moves sooner; too low means slow replicas
     /// get evicted.
@@ -104,7 +112,8 @@ pub struct RuntimeSettings {
     /// replica frees a slot, at most this long. Default 30 minutes.
     #[serde(default = "default_max_poll_interval_ms")]
     pub max_poll_interval_ms: u64,
-    /// How often the processor's `on_tick` runs (expiries of pending joins).
+    /// How often the processor's `on_tick` runs (expiries of pending joins, the packer's
+    /// shipments).
     #[serde(default = "default_tick_interval_ms")]
     pub tick_interval_ms: u64,
 }
@@ -130,6 +139,9 @@ fn default_retry_max_delay_ms() -> u64 {
 fn default_dedup_window() -> usize {
     100_000
 }
+fn default_dedup_restore_records() -> usize {
+    1_000
+}
 fn default_session_timeout_ms() -> u64 {
     10_000
 }
@@ -150,6 +162,7 @@ impl Default for RuntimeSettings {
             retry_min_delay_ms: default_retry_min_delay_ms(),
             retry_max_delay_ms: default_retry_max_delay_ms(),
             dedup_window: default_dedup_window(),
+            dedup_restore_records: default_dedup_restore_records(),
             session_timeout_ms: default_session_timeout_ms(),
             max_poll_interval_ms: default_max_poll_interval_ms(),
             tick_interval_ms: default_tick_interval_ms(),

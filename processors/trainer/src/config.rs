@@ -88,6 +88,12 @@ pub struct TrainerSettings {
     /// final checkpoint and stop. Unset: wait for shards until `steps` are done.
     #[serde(default)]
     pub stop_when_idle_secs: Option<u64>,
+    /// How long reading the shards topic (opening it, polling it, dead-lettering a shard) may
+    /// keep failing before the trainer gives up: it then checkpoints what it trained and exits
+    /// non-zero for its supervisor to restart it. The run is never marked complete by a
+    /// failure.
+    #[serde(default = "default_read_retry_secs")]
+    pub read_retry_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -238,6 +244,9 @@ fn default_read_ahead_shards() -> usize {
 }
 fn default_fetch_attempts() -> usize {
     20
+}
+fn default_read_retry_secs() -> u64 {
+    300
 }
 
 impl TrainerSettings {

@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod feed;
 pub mod generate;
 pub mod gguf;
 pub mod model;

@@ -4,28 +4,26 @@
 //! The trainer keeps its input position in its checkpoints rather than in a consumer group:
 //! model, optimizer and position change together, so a restart resumes from the latest
 //! checkpoint and sees exactly the shard sequence an uninterrupted run would have seen (the
-//! shard topic has one partition, hence one order).
+//! shard topic has one partition, hence one order). The input itself is `feed`'s.
 
 use crate::checkpoint::{self, ShardPosition, TokenizerFiles, TrainerState};
 use crate::config::TrainerSettings;
+use crate::feed::{spawn_feed, Feed};
 use crate::model::{PackedRow, Student};
 use crate::model_config::ModelConfig;
 use crate::optim::{AdamW, AdamWSettings, GradAccumulator};
 use crate::schedule::LrSchedule;
-use backon::{ExponentialBuilder, Retryable};
 use candle_core::{DType, Device};
 use distillery_runtime::objects::get_bytes;
-use distillery_runtime::ordered::OrderedReader;
+use distillery_runtime::ordered::Start;
 use distillery_runtime::processor::PortSpec;
-use distillery_runtime::publisher::{FailedInput, Publisher};
-use distillery_runtime::reader::{read_to_end, ReadRecord};
+use distillery_runtime::publisher::Publisher;
+use distillery_runtime::reader::read_to_end;
 use distillery_runtime::runner::ProcessorRun;
 use distillery_runtime::source::outputs_publisher;
 use distillery_runtime::Emit;
-use distillery_schemas::{
-    decode, now_ms, stable_id, CheckpointEvent, ConsumedOffset, ErrorClass, RecordKind, ShardManifest, TrainMetrics,
-};
-use std::collections::VecDeque;
+use distillery_schemas::{decode, now_ms, stable_id, CheckpointEvent, ConsumedOffset, RecordKind, TrainMetrics};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,21 +50,6 @@ struct QueuedRow {
     after: ShardPosition,
     /// Set on a shard's first row: the shard id, counted as consumed from then on.
     starts_shard: Option<String>,
-}
-
-/// What the shard feed hands to the training loop, in topic order.
-enum Feed {
-    Shard {
-        offset: i64,
-        id: String,
-        rows: Vec<PackedRow>,
-    },
-    /// An offset whose record could not be used (dead-lettered); the position moves past it.
-    Skipped {
-        offset: i64,
-    },
-    /// No new shard for `stop_when_idle_secs`.
-    Idle,
 }
 
 pub async fn run(
@@ -142,7 +125,10 @@ pub async fn run(
         shutdown.await;
         stop_on_signal.store(true, Ordering::SeqCst);
     });
-    let feed = spawn_feed(&run, &settings, &input_topic, state.position.next_offset, publisher.clone(), stop.clone())?;
+    // A run with a checkpoint resumes exactly where it was; a new one starts at the topic's
+    // earliest record.
+    let start = if latest.is_some() { Start::At(state.position.next_offset) } else { Start::Beginning };
+    let feed = spawn_feed(&run, &settings, &input_topic, start, publisher.clone(), stop.clone())?;
 
     let schedule = LrSchedule::new(
         settings.learning_rate,
@@ -202,11 +188,22 @@ fn train_loop(
     let mut queue: VecDeque<QueuedRow> = VecDeque::new();
     let mut skip_rows = state.position.rows_done;
     let mut feed_idle = false;
+    // Shard ids trained or queued: a manifest seen again (a replayed publish) is skipped.
+    let mut seen: HashSet<String> = state.shard_ids.iter().cloned().collect();
+    let mut checkpointed_step = state.step;
     loop {
         // Fill the queue with a global batch (or whatever is left once the feed is idle).
         while queue.len() < settings.global_batch_rows && !feed_idle && !stop.load(Ordering::SeqCst) {
             match feed.blocking_recv() {
+                // A shard resumed mid-way is already in `seen`; a new one must not be.
+                Some(Feed::Shard { offset, id, .. }) if skip_rows == 0 && seen.contains(&id) => {
+                    tracing::info!(offset, shard = %id, "a manifest of a shard already trained (a replayed publish): skipped");
+                    metrics::counter!("distillery_trainer_duplicate_shards_total", "run" => context.run_id.clone())
+                        .increment(1);
+                    skip_past(state, &mut queue, offset);
+                }
                 Some(Feed::Shard { offset, id, rows }) => {
+                    seen.insert(id.clone());
                     let count = rows.len();
                     for (index, row) in rows.into_iter().enumerate().skip(skip_rows) {
                         let after = if index + 1 == count {
@@ -222,14 +219,19 @@ fn train_loop(
                     }
                     skip_rows = 0;
                 }
-                Some(Feed::Skipped { offset }) => {
-                    if queue.is_empty() {
-                        state.position = ShardPosition { next_offset: offset + 1, rows_done: 0 };
-                    } else if let Some(last) = queue.back_mut() {
-                        last.after = ShardPosition { next_offset: offset + 1, rows_done: 0 };
+                Some(Feed::Skipped { offset }) => skip_past(state, &mut queue, offset),
+                Some(Feed::Idle) => feed_idle = true,
+                failed @ (Some(Feed::Failed(_)) | None) => {
+                    // Keep what was trained; the rows queued are read again after a restart.
+                    if state.step > checkpointed_step {
+                        checkpoint_now(runtime, context, student, optimizer, state, false)?;
                     }
+                    let error = match failed {
+                        Some(Feed::Failed(error)) => error,
+                        _ => "the shard feed stopped".to_string(),
+                    };
+                    anyhow::bail!("cannot read the shards: {error}");
                 }
-                Some(Feed::Idle) | None => feed_idle = true,
             }
         }
         if stop.load(Ordering::SeqCst) {
@@ -250,7 +252,18 @@ fn train_loop(
         }
         if state.step % settings.checkpoint_every_steps == 0 {
             checkpoint_now(runtime, context, student, optimizer, state, false)?;
+            checkpointed_step = state.step;
         }
+    }
+}
+
+/// Moves the position past an offset whose record is not trained on: at once when nothing is
+/// queued, else once the queued rows are trained.
+fn skip_past(state: &mut TrainerState, queue: &mut VecDeque<QueuedRow>, offset: i64) {
+    let past = ShardPosition { next_offset: offset + 1, rows_done: 0 };
+    match queue.back_mut() {
+        Some(last) => last.after = past,
+        None => state.position = past,
     }
 }
 
@@ -446,117 +459,4 @@ async fn tokenizer_files(settings: &TrainerSettings) -> anyhow::Result<Tokenizer
         files.tokenizer_config_json = Some(get_bytes(location).await?);
     }
     Ok(files)
-}
-
-/// Reads manifests in topic order on a blocking thread, fetches and checks each shard with
-/// read-ahead (the channel holds `read_ahead_shards` shards), and dead-letters what cannot be
-/// used.
-fn spawn_feed(
-    run: &ProcessorRun,
-    settings: &TrainerSettings,
-    topic: &str,
-    next_offset: i64,
-    publisher: Arc<Publisher>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<mpsc::Receiver<Feed>> {
-    let (records_tx, mut records_rx) = mpsc::channel::<Option<ReadRecord>>(1);
-    let (feed_tx, feed_rx) = mpsc::channel::<Feed>(settings.read_ahead_shards.max(1));
-    let (connection, topic_name) = (run.connection.clone(), topic.to_string());
-    let idle_after = settings.stop_when_idle_secs.map(Duration::from_secs);
-    std::thread::spawn(move || {
-        let reader = match OrderedReader::open(&connection, &topic_name, next_offset) {
-            Ok(reader) => reader,
-            Err(e) => {
-                tracing::error!("cannot read {topic_name}: {e:#}");
-                return;
-            }
-        };
-        let mut last_record = Instant::now();
-        while !stop.load(Ordering::SeqCst) {
-            match reader.next(Duration::from_millis(500)) {
-                Ok(Some(record)) => {
-                    last_record = Instant::now();
-                    if records_tx.blocking_send(Some(record)).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    if idle_after.is_some_and(|idle| last_record.elapsed() >= idle) {
-                        let _ = records_tx.blocking_send(None);
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!("{e:#}"),
-            }
-        }
-    });
-    let (topic, attempts) = (topic.to_string(), settings.fetch_attempts);
-    tokio::spawn(async move {
-        while let Some(record) = records_rx.recv().await {
-            let Some(record) = record else {
-                let _ = feed_tx.send(Feed::Idle).await;
-                return;
-            };
-            let item = match fetch_shard(&record, attempts).await {
-                Ok((id, rows)) => Feed::Shard { offset: record.offset, id, rows },
-                Err(e) => {
-                    let failed = FailedInput {
-                        source_topic: &topic,
-                        partition: record.partition,
-                        offset: record.offset,
-                        key: record.key.as_deref(),
-                        original: &record.payload,
-                    };
-                    tracing::error!(offset = record.offset, "shard dead-lettered: {e:#}");
-                    if let Err(e) = publisher.dead_letter(failed, ErrorClass::User, &format!("{e:#}")).await {
-                        tracing::error!("cannot dead-letter shard at offset {}: {e}", record.offset);
-                        return;
-                    }
-                    Feed::Skipped { offset: record.offset }
-                }
-            };
-            if feed_tx.send(item).await.is_err() {
-                return;
-            }
-        }
-    });
-    Ok(feed_rx)
-}
-
-/// A manifest's shard, downloaded (with retries), checked against its checksum and cut into
-/// packed rows.
-async fn fetch_shard(record: &ReadRecord, attempts: usize) -> anyhow::Result<(String, Vec<PackedRow>)> {
-    let manifest: ShardManifest = decode(&record.payload).map_err(|e| anyhow::anyhow!("not a shard manifest: {e}"))?;
-    let fetch = || get_bytes(&manifest.uri);
-    let bytes = fetch
-        .retry(ExponentialBuilder::default().with_max_times(attempts).with_max_delay(Duration::from_secs(30)))
-        .notify(|e, wait| tracing::warn!(uri = %manifest.uri, "fetching shard failed, retrying in {wait:?}: {e:#}"))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot fetch shard {}: {e:#}", manifest.uri))?;
-    let shard = distillery_packer::shard::read_shard(&bytes, Some(&manifest.sha256))?;
-    Ok((manifest.id.clone(), rows_of(&shard)?))
-}
-
-/// Cuts a shard's flat arrays into rows and each row into its sequences.
-pub fn rows_of(shard: &distillery_packer::shard::ShardTensors) -> anyhow::Result<Vec<PackedRow>> {
-    let n = shard.input_ids.len();
-    anyhow::ensure!(shard.loss_mask.len() == n, "loss_mask and input_ids differ in length");
-    anyhow::ensure!(shard.input_ids.iter().all(|&t| t >= 0), "negative token id");
-    let boundaries: std::collections::BTreeSet<usize> = shard.cu_seqlens.iter().map(|&c| c as usize).collect();
-    let mut rows = Vec::new();
-    for window in shard.row_offsets.windows(2) {
-        let (start, end) = (window[0] as usize, window[1] as usize);
-        anyhow::ensure!(start <= end && end <= n, "row offsets {start}..{end} outside {n} tokens");
-        let cuts: Vec<usize> = boundaries.range(start..=end).copied().collect();
-        anyhow::ensure!(
-            cuts.first() == Some(&start) && cuts.last() == Some(&end),
-            "row {start}..{end} does not start and end on sequence boundaries"
-        );
-        rows.push(PackedRow {
-            input_ids: shard.input_ids[start..end].iter().map(|&t| t as u32).collect(),
-            loss_mask: shard.loss_mask[start..end].to_vec(),
-            sequence_lengths: cuts.windows(2).map(|w| w[1] - w[0]).collect(),
-        });
-    }
-    Ok(rows)
 }

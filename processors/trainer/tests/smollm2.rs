@@ -8,17 +8,14 @@ use distillery_trainer::checkpoint::{safetensors_bytes, tensors_from_safetensors
 use distillery_trainer::{KvCache, Student};
 use std::path::PathBuf;
 
-fn gguf_path() -> Option<PathBuf> {
+/// The GGUF file; a test fails when it is not installed (`.ci/install-tools` fetches it).
+fn gguf_path() -> PathBuf {
     let assets = std::env::var("DISTILLERY_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/distillery-assets"));
     let path = assets.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("SKIPPED: {} is missing (run .ci/install-tools)", path.display());
-        None
-    }
+    assert!(path.exists(), "{} is missing: run .ci/install-tools", path.display());
+    path
 }
 
 fn greedy(student: &Student, prompt: &[u32], tokens: usize) -> Vec<u32> {
@@ -35,7 +32,7 @@ fn greedy(student: &Student, prompt: &[u32], tokens: usize) -> Vec<u32> {
 
 #[test]
 fn smollm2_from_gguf_answers_and_round_trips_through_safetensors() {
-    let Some(path) = gguf_path() else { return };
+    let path = gguf_path();
     let (config, weights) = distillery_trainer::gguf::load_gguf(&path, &Device::Cpu).unwrap();
     assert_eq!(
         (
