@@ -5,13 +5,13 @@
 
 use crate::generate::{Backend, GenerateError, Generation, GenerationSettings, Generator, Prompt};
 use candle_core::{DType, Device};
+use distillery_model::generate::{sample_until, Sampling};
+use distillery_model::Student;
 use distillery_packer::template::ChatTemplate;
 use distillery_packer::tokenize::StudentTokenizer;
 use distillery_runtime::objects::get_bytes;
 use distillery_runtime::shutdown;
 use distillery_schemas::CheckpointEvent;
-use distillery_trainer::generate::{sample_until, Sampling};
-use distillery_trainer::Student;
 use futures::future::BoxFuture;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -40,7 +40,10 @@ impl Backend for InProcessBackend {
             let tokenizer_json = read("tokenizer.json").await?;
             let tokenizer_config = read("tokenizer_config.json").await?;
             let failed = |e: anyhow::Error| GenerateError::Failed(format!("checkpoint {uri}: {e:#}"));
-            let (config, weights) = distillery_trainer::checkpoint::load_model_folder(uri, &Device::Cpu)
+            let (config, weights) =
+                distillery_model::weights::load_model_folder(uri, &Device::Cpu, |path| async move {
+                    get_bytes(&path).await
+                })
                 .await
                 .map_err(|e| GenerateError::Transient(format!("{e:#}")))?;
             let student = Student::from_tensors(config, weights, DType::F32, &Device::Cpu).map_err(failed)?;

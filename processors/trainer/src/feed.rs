@@ -5,8 +5,8 @@
 //! longer has, ends the feed with [`Feed::Failed`], never as if the input were exhausted.
 
 use crate::config::TrainerSettings;
-use crate::model::PackedRow;
 use backon::{ExponentialBuilder, Retryable};
+use distillery_model::PackedRow;
 use distillery_runtime::objects::get_bytes;
 use distillery_runtime::ordered::{OrderedReader, PositionGone, Start};
 use distillery_runtime::publisher::{FailedInput, Publisher};

@@ -6,11 +6,6 @@
 pub mod checkpoint;
 pub mod config;
 pub mod feed;
-pub mod generate;
-pub mod gguf;
-pub mod model;
-pub mod model_config;
-pub mod ops;
 pub mod optim;
 pub mod schedule;
 pub mod train;
@@ -19,6 +14,7 @@ pub mod train;
 /// `distillery bench trainer` that drive the model directly.
 pub use candle_core;
 pub use config::TrainerSettings;
-pub use model::{KvCache, PackedRow, Student};
-pub use model_config::ModelConfig;
+/// The model crate, re-exported for tools that train through this crate.
+pub use distillery_model;
+pub use distillery_model::{KvCache, ModelConfig, PackedRow, Student};
 pub use train::{run, TrainSummary, OUTPUTS};

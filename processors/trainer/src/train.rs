@@ -9,11 +9,10 @@
 use crate::checkpoint::{self, ShardPosition, TokenizerFiles, TrainerState};
 use crate::config::TrainerSettings;
 use crate::feed::{spawn_feed, Feed};
-use crate::model::{PackedRow, Student};
-use crate::model_config::ModelConfig;
 use crate::optim::{AdamW, AdamWSettings, GradAccumulator};
 use crate::schedule::LrSchedule;
 use candle_core::{DType, Device};
+use distillery_model::{ModelConfig, PackedRow, Student};
 use distillery_runtime::objects::get_bytes;
 use distillery_runtime::ordered::Start;
 use distillery_runtime::processor::PortSpec;
@@ -422,7 +421,7 @@ async fn initial_student(settings: &TrainerSettings, device: &Device) -> anyhow:
     }
     if settings.student.ends_with(".gguf") {
         let path = distillery_runtime::objects::local_copy(&settings.student, &std::env::temp_dir()).await?;
-        let (config, weights) = crate::gguf::load_gguf(&path, device)?;
+        let (config, weights) = distillery_model::gguf::load_gguf(&path, device)?;
         return Student::from_tensors(config, weights, DType::F32, device);
     }
     let (config, weights) = checkpoint::load_model_folder(&settings.student, device).await?;

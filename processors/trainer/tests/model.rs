@@ -2,7 +2,7 @@
 //! sequence alone, the loss mask, and a tiny model that learns.
 
 use candle_core::{DType, Device, Tensor};
-use distillery_trainer::model::learnable_rows;
+use distillery_trainer::distillery_model::learnable_rows;
 use distillery_trainer::optim::{AdamW, AdamWSettings};
 use distillery_trainer::train::batch_gradients;
 use distillery_trainer::{ModelConfig, PackedRow, Student};
@@ -93,7 +93,7 @@ fn only_completion_tokens_contribute_to_the_loss() {
     assert_eq!((none.to_scalar::<f32>().unwrap(), zero), (0.0, 0));
     // The loss equals the sum of -log p(target) computed from the full logits.
     let logits = student.forward_logits(&base).unwrap();
-    let log_probs = distillery_trainer::ops::log_softmax_last_dim(&logits).unwrap();
+    let log_probs = distillery_trainer::distillery_model::reference::log_softmax_last_dim(&logits).unwrap();
     let log_probs: Vec<Vec<f32>> = log_probs.to_vec2().unwrap();
     let expected: f32 = [(2usize, 4usize), (3, 5), (4, 6)].iter().map(|&(p, t)| -log_probs[p][t]).sum();
     assert!((loss - expected).abs() < 1e-4, "{loss} vs {expected}");

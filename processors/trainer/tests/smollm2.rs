@@ -33,7 +33,7 @@ fn greedy(student: &Student, prompt: &[u32], tokens: usize) -> Vec<u32> {
 #[test]
 fn smollm2_from_gguf_answers_and_round_trips_through_safetensors() {
     let path = gguf_path();
-    let (config, weights) = distillery_trainer::gguf::load_gguf(&path, &Device::Cpu).unwrap();
+    let (config, weights) = distillery_trainer::distillery_model::gguf::load_gguf(&path, &Device::Cpu).unwrap();
     assert_eq!(
         (
             config.vocab_size,

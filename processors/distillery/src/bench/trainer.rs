@@ -4,7 +4,7 @@
 //! (`scripts/bench_trainer_torch.py`) on the same rows in the same run.
 //!
 //! Also the GPU checks of `scripts/gpu-check.sh`:
-//! - `distillery bench trainer-ops-check`: every custom op of `distillery_trainer::ops` (and a
+//! - `distillery bench trainer-ops-check`: every custom op of `distillery_model::reference` (and a
 //!   whole small model) on the device against the CPU in f32, forward and gradients, in f32 and
 //!   bf16 with tolerances for each. On `--device cpu` it compares the CPU against itself in f32
 //!   (must be exact) and the CPU's bf16 against its f32 (a self-check of the harness).
@@ -12,9 +12,8 @@
 //!   tiny model, 60 AdamW steps on the device; the loss must fall by more than half.
 
 use distillery_trainer::candle_core::{self, DType, Device, Tensor, Var};
-use distillery_trainer::model::{learnable_rows, PackedRow, Student};
-use distillery_trainer::model_config::ModelConfig;
-use distillery_trainer::ops::{self, RotaryTables};
+use distillery_trainer::distillery_model::reference::{self as ops, RotaryTables};
+use distillery_trainer::distillery_model::{learnable_rows, ModelConfig, PackedRow, Student};
 use distillery_trainer::optim::{AdamW, AdamWSettings};
 use distillery_trainer::train::{batch_gradients, open_device};
 use rand::rngs::StdRng;

@@ -95,7 +95,7 @@ fn pick(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model_config::ModelConfig;
+    use crate::config::ModelConfig;
     use candle_core::{DType, Device};
 
     fn tiny() -> Student {

@@ -2,8 +2,8 @@
 //! `Var`s under their Hugging Face names, compute in the weights' dtype or bf16, and packed
 //! rows where every sequence restarts its positions at 0 and attends only to itself.
 
-use crate::model_config::ModelConfig;
-use crate::ops::{attention, causal_mask, cross_entropy_sum, rms_norm, rope, swiglu, RotaryTables};
+use crate::config::ModelConfig;
+use crate::reference::{attention, causal_mask, cross_entropy_sum, rms_norm, rope, swiglu, RotaryTables};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -2,7 +2,7 @@
 //! student: the config from the `llama.*` metadata, the weights dequantized to f32 and renamed
 //! to Hugging Face's names, with the q/k row order that llama.cpp's converter permutes put back.
 
-use crate::model_config::ModelConfig;
+use crate::config::ModelConfig;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
