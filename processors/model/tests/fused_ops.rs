@@ -285,3 +285,48 @@ fn linear_cross_entropy_with_a_target_past_the_vocabulary_is_an_error() {
     let t = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
     assert!(linear_cross_entropy(&hidden, &weight, &t, 1).is_err());
 }
+
+#[test]
+fn swiglu_of_the_halves_of_one_projection_equals_reference() {
+    // Gate and up as strided views of one fused projection, as a merged gate/up matmul gives.
+    let inputs = [tensor(40, &[6, 2 * 24], 3.0, DType::F32)];
+    let probe = tensor(41, &[6, 24], 1.0, DType::F32);
+    let halves = |t: &Tensor| -> Result<(Tensor, Tensor)> { Ok((t.narrow(1, 0, 24)?, t.narrow(1, 24, 24)?)) };
+    let fused = autograd(&inputs, |t| {
+        let (gate, up) = halves(&t[0])?;
+        probed(&swiglu(&gate, &up)?, &probe)
+    });
+    let expected = autograd(&inputs, |t| {
+        let (gate, up) = halves(&t[0])?;
+        probed(&reference::swiglu(&gate, &up)?, &probe)
+    });
+    assert_close("d projection", &fused[0], &expected[0], 1e-5);
+}
+
+#[test]
+fn linear_cross_entropy_of_bf16_inputs_is_an_f32_loss_close_to_f32() {
+    let hidden = tensor(42, &[9, 16], 1.0, DType::F32);
+    let weight = tensor(43, &[31, 16], 1.0, DType::F32);
+    let t = targets(44, 9, 31);
+    let (hidden_bf16, weight_bf16) = (hidden.to_dtype(DType::BF16).unwrap(), weight.to_dtype(DType::BF16).unwrap());
+    let loss = linear_cross_entropy(&hidden_bf16, &weight_bf16, &t, 4).unwrap();
+    assert_eq!(loss.dtype(), DType::F32);
+    let expected = reference_linear_cross_entropy(
+        &hidden_bf16.to_dtype(DType::F32).unwrap(),
+        &weight_bf16.to_dtype(DType::F32).unwrap(),
+        &t,
+    );
+    assert_close("loss", &loss, &expected.unwrap(), 1e-5);
+}
+
+#[test]
+fn linear_cross_entropy_gradients_reach_bf16_inputs() {
+    let hidden = Var::from_tensor(&tensor(45, &[5, 8], 1.0, DType::BF16)).unwrap();
+    let weight = Var::from_tensor(&tensor(46, &[11, 8], 1.0, DType::BF16)).unwrap();
+    let t = targets(47, 5, 11);
+    let grads = linear_cross_entropy(hidden.as_tensor(), weight.as_tensor(), &t, 2).unwrap().backward().unwrap();
+    let d_hidden = grads.get(hidden.as_tensor()).expect("d hidden");
+    let d_weight = grads.get(weight.as_tensor()).expect("d weight");
+    assert_eq!((d_hidden.dtype(), d_hidden.dims()), (DType::BF16, &[5, 8][..]));
+    assert_eq!((d_weight.dtype(), d_weight.dims()), (DType::BF16, &[11, 8][..]));
+}

@@ -19,7 +19,9 @@
 
 use super::norm::{cpu_slice, wide_dtype, Real};
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CudaStorage, CustomOp2, DType, InplaceOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CudaStorage, CustomOp2, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// Sum over rows of -log softmax(hidden @ weight^T)[target]: hidden `[n, h]`, weight
@@ -115,10 +117,11 @@ impl CustomOp2 for LinearCrossEntropy {
             )?;
             d_hidden.push(logits.matmul(&weight)?);
             let d_weight_chunk = logits.t()?.matmul(&h_chunk)?;
-            d_weight = Some(match d_weight {
-                None => d_weight_chunk,
-                Some(sum) => (sum + d_weight_chunk)?,
-            });
+            // Summed in place: `sum + chunk` would allocate a weight-sized tensor per chunk.
+            match &d_weight {
+                None => d_weight = Some(d_weight_chunk),
+                Some(sum) => sum.inplace_op2(&d_weight_chunk, &AddAssign)?,
+            }
         }
         let d_hidden = if d_hidden.is_empty() { hidden.zeros_like()? } else { Tensor::cat(&d_hidden, 0)? };
         let d_weight = match d_weight {
@@ -240,5 +243,43 @@ fn softmax_gradient<T: Real>(logits: &mut [T], lse: &[T], targets: &[u32], vocab
             *v = scale * (*v - lse).exp();
         }
         row[target as usize] -= scale;
+    });
+}
+
+/// In place: `dst += src`, both contiguous and of the same shape (the gradient of the weight,
+/// summed over chunks).
+struct AddAssign;
+
+impl InplaceOp2 for AddAssign {
+    fn name(&self) -> &'static str {
+        "fused-add-assign"
+    }
+
+    fn cpu_fwd(&self, ds: &mut CpuStorage, dl: &Layout, ss: &CpuStorage, sl: &Layout) -> Result<()> {
+        let Some((start, end)) = dl.contiguous_offsets() else {
+            bail!("{}: expected a contiguous destination", self.name());
+        };
+        if dl.shape() != sl.shape() {
+            bail!("{}: shapes {:?} and {:?} differ", self.name(), dl.shape(), sl.shape());
+        }
+        match (ds, ss) {
+            (CpuStorage::F32(dst), CpuStorage::F32(_)) => add_assign::<f32>(&mut dst[start..end], cpu_slice(ss, sl)?),
+            (CpuStorage::F64(dst), CpuStorage::F64(_)) => add_assign::<f64>(&mut dst[start..end], cpu_slice(ss, sl)?),
+            (ds, _) => bail!("{}: unsupported dtypes {:?}, {:?}", self.name(), ds.dtype(), ss.dtype()),
+        }
+        Ok(())
+    }
+
+    fn cuda_fwd(&self, _: &mut CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<()> {
+        bail!("{}: not yet implemented on CUDA", self.name())
+    }
+}
+
+fn add_assign<T: Real>(dst: &mut [T], src: &[T]) {
+    const TASK_ELEMENTS: usize = 64 * 1024;
+    dst.par_chunks_mut(TASK_ELEMENTS).zip(src.par_chunks(TASK_ELEMENTS)).for_each(|(dst, src)| {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
     });
 }

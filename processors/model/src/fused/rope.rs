@@ -25,7 +25,7 @@ pub struct RopeTables {
 
 impl RopeTables {
     pub fn new(head_dim: usize, theta: f64, max_positions: usize, dtype: DType, device: &Device) -> Result<RopeTables> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             bail!("rope: head_dim {head_dim} must be even and positive");
         }
         let half = head_dim / 2;
