@@ -1,0 +1,510 @@
+//! The CPU kernels of the fused attention: the streaming-softmax forward, the dq pass and the
+//! dk/dv pass, over rayon. Every inner loop runs over `head_dim` contiguous values; scratch is
+//! one block per thread, allocated once per thread and call, never per query.
+//!
+//! Each kernel is compiled twice: portable, and for AVX2 with FMA (chosen at run time, since
+//! the workspace builds for the baseline x86-64, which has neither).
+
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Sub};
+
+use candle_core::{bail, CpuStorage, Device, Layout, Result, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::{blocks, Geometry, Segment, KEY_BLOCK, QUERY_BLOCK};
+
+/// A storage and the layout to read it with.
+pub(super) type Input<'a> = (&'a CpuStorage, &'a Layout);
+
+/// Forward over q, k, v (f32 or f64, contiguous): the output's storage and the log-sum-exp
+/// `[len, heads]` of each (query, head)'s scaled scores, for the backward.
+pub(super) fn forward(g: Geometry, segments: &[Segment], q: Input, k: Input, v: Input) -> Result<(CpuStorage, Tensor)> {
+    match q.0 {
+        CpuStorage::F32(_) => forward_typed::<f32>(g, segments, q, k, v),
+        CpuStorage::F64(_) => forward_typed::<f64>(g, segments, q, k, v),
+        _ => bail!("packed-attention: computes in f32 or f64 only"),
+    }
+}
+
+/// Backward: dq, dk and dv flattened one after the other, from q, k, v and the saved output,
+/// the output's gradient and the log-sum-exp.
+pub(super) fn backward(
+    g: Geometry,
+    segments: &[Segment],
+    (q, k, v): (Input, Input, Input),
+    (out, grad_out, lse): (Input, Input, Input),
+) -> Result<CpuStorage> {
+    match q.0 {
+        CpuStorage::F32(_) => backward_typed::<f32>(g, segments, (q, k, v), (out, grad_out, lse)),
+        CpuStorage::F64(_) => backward_typed::<f64>(g, segments, (q, k, v), (out, grad_out, lse)),
+        _ => bail!("packed-attention-backward: computes in f32 or f64 only"),
+    }
+}
+
+fn forward_typed<T: Real>(
+    g: Geometry,
+    segments: &[Segment],
+    q: Input,
+    k: Input,
+    v: Input,
+) -> Result<(CpuStorage, Tensor)> {
+    let (q, k, v) = (values::<T>(q)?, values::<T>(k)?, values::<T>(v)?);
+    let rows = q.len() / (g.heads * g.head_dim);
+    let mut out = vec![T::ZERO; q.len()];
+    let mut lse = vec![T::ZERO; rows * g.heads];
+    let job = Job { g, segments, q, k, v, grad_out: &[], lse: &[], delta: &[] };
+    let query_blocks = blocks(segments, QUERY_BLOCK, |s| s.len);
+    let (out_rows, lse_rows) = (Disjoint(out.as_mut_ptr()), Disjoint(lse.as_mut_ptr()));
+    let fast = fast_cpu();
+    (0..g.heads * query_blocks.len()).into_par_iter().for_each_init(
+        || Scratch::new(g.head_dim),
+        |scratch, item| {
+            forward_item(fast, &job, query_blocks[item / g.heads], item % g.heads, scratch, out_rows, lse_rows)
+        },
+    );
+    let lse = Tensor::from_vec(lse, (rows, g.heads), &Device::Cpu)?;
+    Ok((T::to_cpu_storage_owned(out), lse))
+}
+
+fn backward_typed<T: Real>(
+    g: Geometry,
+    segments: &[Segment],
+    (q, k, v): (Input, Input, Input),
+    (out, grad_out, lse): (Input, Input, Input),
+) -> Result<CpuStorage> {
+    let (q, k, v) = (values::<T>(q)?, values::<T>(k)?, values::<T>(v)?);
+    let (out, grad_out, lse) = (values::<T>(out)?, values::<T>(grad_out)?, values::<T>(lse)?);
+    let d = g.head_dim;
+    // D = rowsum(dO * O) per (query, head): the softmax backward's `sum_j P_ij dP_ij`.
+    let mut delta = vec![T::ZERO; lse.len()];
+    delta
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = dot::<T, false>(&grad_out[i * d..(i + 1) * d], &out[i * d..(i + 1) * d]));
+    let job = Job { g, segments, q, k, v, grad_out, lse, delta: &delta };
+    let mut grads = vec![T::ZERO; q.len() + 2 * k.len()];
+    let (dq, dkv) = grads.split_at_mut(q.len());
+    let (dk, dv) = dkv.split_at_mut(k.len());
+    let fast = fast_cpu();
+    // dq over (head, query block): each item owns its queries' rows.
+    let query_blocks = blocks(segments, QUERY_BLOCK, |s| s.len);
+    let dq_rows = Disjoint(dq.as_mut_ptr());
+    (0..g.heads * query_blocks.len()).into_par_iter().for_each_init(
+        || Scratch::new(d),
+        |scratch, item| dq_item(fast, &job, query_blocks[item / g.heads], item % g.heads, scratch, dq_rows),
+    );
+    // dk and dv over (kv head, key block): each item owns its keys' rows and sums over every
+    // query head of its group and every query that sees its keys.
+    let key_blocks = blocks(segments, KEY_BLOCK, |s| s.past + s.len);
+    let (dk_rows, dv_rows) = (Disjoint(dk.as_mut_ptr()), Disjoint(dv.as_mut_ptr()));
+    (0..g.kv_heads * key_blocks.len()).into_par_iter().for_each_init(
+        || Scratch::new(d),
+        |scratch, item| {
+            dkv_item(fast, &job, key_blocks[item / g.kv_heads], item % g.kv_heads, scratch, dk_rows, dv_rows)
+        },
+    );
+    Ok(T::to_cpu_storage_owned(grads))
+}
+
+/// What the kernels read (the backward's extras empty in the forward). With
+/// `P = exp(S - lse)`, `dP = dO V^T` and `dS = P * (dP - D)`: `dQ = scale dS K`,
+/// `dK = scale dS^T Q`, `dV = P^T dO`.
+struct Job<'a, T> {
+    g: Geometry,
+    segments: &'a [Segment],
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    grad_out: &'a [T],
+    lse: &'a [T],
+    delta: &'a [T],
+}
+
+impl<T: Real> Job<'_, T> {
+    /// Offset of key (or value) `u` of `segment` for kv head `kv`; the next key is a stride on.
+    fn key(&self, segment: &Segment, u: usize, kv: usize) -> usize {
+        ((segment.keys + u) * self.g.kv_heads + kv) * self.g.head_dim
+    }
+
+    fn stride(&self) -> usize {
+        self.g.kv_heads * self.g.head_dim
+    }
+
+    /// Query row `row` (its offset) times the scale, into `into`.
+    fn scaled_query(&self, row: usize, into: &mut [T]) {
+        let scale = T::of(self.g.scale);
+        for (x, y) in into.iter_mut().zip(&self.q[row..row + self.g.head_dim]) {
+            *x = *y * scale;
+        }
+    }
+}
+
+/// One thread's buffers: a block of scaled queries, two blocks of accumulated rows, running
+/// maxima and sums, and one key block's scores and `dP`.
+struct Scratch<T> {
+    queries: Vec<T>,
+    acc: Vec<T>,
+    acc2: Vec<T>,
+    max: Vec<T>,
+    sum: Vec<T>,
+    scores: Vec<T>,
+    dp: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new(d: usize) -> Self {
+        let rows = QUERY_BLOCK.max(KEY_BLOCK);
+        Scratch {
+            queries: vec![T::ZERO; rows * d],
+            acc: vec![T::ZERO; rows * d],
+            acc2: vec![T::ZERO; rows * d],
+            max: vec![T::ZERO; rows],
+            sum: vec![T::ZERO; rows],
+            scores: vec![T::ZERO; KEY_BLOCK],
+            dp: vec![T::ZERO; KEY_BLOCK],
+        }
+    }
+}
+
+type Block = (usize, usize, usize);
+
+/// Streaming softmax for one (head, query block), key block by key block (each stays in
+/// cache across the block's queries): per query a running maximum `m`, a running sum `l` of
+/// `exp(score - m)` and the running `sum p v`, rescaled whenever `m` grows. Writes
+/// `out = acc / l` and `lse = m + ln l`.
+#[inline(always)]
+fn forward_body<T: Real, const FMA: bool>(
+    job: &Job<T>,
+    (s, first, end): Block,
+    h: usize,
+    scratch: &mut Scratch<T>,
+    out: Disjoint<T>,
+    lse: Disjoint<T>,
+) {
+    let (heads, d, stride) = (job.g.heads, job.g.head_dim, job.stride());
+    let segment = job.segments[s];
+    let kv = h / job.g.group();
+    let n = end - first;
+    let Scratch { queries, acc, max, sum, scores, .. } = scratch;
+    acc[..n * d].fill(T::ZERO);
+    max[..n].fill(T::NEG_INFINITY);
+    sum[..n].fill(T::ZERO);
+    for t in 0..n {
+        job.scaled_query(((segment.queries + first + t) * heads + h) * d, &mut queries[t * d..(t + 1) * d]);
+    }
+    let visible = segment.past + end;
+    for key_first in (0..visible).step_by(KEY_BLOCK) {
+        let key_end = (key_first + KEY_BLOCK).min(visible);
+        let base = job.key(&segment, key_first, kv);
+        for t in 0..n {
+            let seen = key_end.min(segment.past + first + t + 1);
+            if seen <= key_first {
+                continue;
+            }
+            let scores = &mut scores[..seen - key_first];
+            dots::<T, FMA>(&queries[t * d..(t + 1) * d], job.k, base, stride, scores);
+            let block_max = scores.iter().fold(T::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+            let acc = &mut acc[t * d..(t + 1) * d];
+            if block_max > max[t] {
+                let correction = (max[t] - block_max).exp();
+                sum[t] *= correction;
+                acc.iter_mut().for_each(|a| *a *= correction);
+                max[t] = block_max;
+            }
+            for (j, score) in scores.iter().enumerate() {
+                let p = (*score - max[t]).exp();
+                sum[t] += p;
+                axpy::<T, FMA>(acc, p, &job.v[base + j * stride..][..d]);
+            }
+        }
+    }
+    for t in 0..n {
+        let slot = (segment.queries + first + t) * heads + h;
+        let inverse = T::of(1.0) / sum[t];
+        // SAFETY: (query, h) belongs to this work item only.
+        let out = unsafe { out.row(slot * d, d) };
+        for (o, a) in out.iter_mut().zip(&acc[t * d..(t + 1) * d]) {
+            *o = *a * inverse;
+        }
+        unsafe { lse.row(slot, 1)[0] = max[t] + sum[t].ln() };
+    }
+}
+
+/// dq for one (head, query block), key block by key block like the forward.
+#[inline(always)]
+fn dq_body<T: Real, const FMA: bool>(
+    job: &Job<T>,
+    (s, first, end): Block,
+    h: usize,
+    scratch: &mut Scratch<T>,
+    dq: Disjoint<T>,
+) {
+    let (heads, d, stride) = (job.g.heads, job.g.head_dim, job.stride());
+    let segment = job.segments[s];
+    let kv = h / job.g.group();
+    let n = end - first;
+    let Scratch { queries, acc, scores, dp, .. } = scratch;
+    acc[..n * d].fill(T::ZERO);
+    for t in 0..n {
+        job.scaled_query(((segment.queries + first + t) * heads + h) * d, &mut queries[t * d..(t + 1) * d]);
+    }
+    let visible = segment.past + end;
+    for key_first in (0..visible).step_by(KEY_BLOCK) {
+        let key_end = (key_first + KEY_BLOCK).min(visible);
+        let base = job.key(&segment, key_first, kv);
+        for t in 0..n {
+            let seen = key_end.min(segment.past + first + t + 1);
+            if seen <= key_first {
+                continue;
+            }
+            let m = seen - key_first;
+            let slot = (segment.queries + first + t) * heads + h;
+            let grad = &job.grad_out[slot * d..(slot + 1) * d];
+            dots::<T, FMA>(&queries[t * d..(t + 1) * d], job.k, base, stride, &mut scores[..m]);
+            dots::<T, FMA>(grad, job.v, base, stride, &mut dp[..m]);
+            let acc = &mut acc[t * d..(t + 1) * d];
+            for j in 0..m {
+                let p = (scores[j] - job.lse[slot]).exp();
+                let ds = p * (dp[j] - job.delta[slot]);
+                axpy::<T, FMA>(acc, ds, &job.k[base + j * stride..][..d]);
+            }
+        }
+    }
+    let scale = T::of(job.g.scale);
+    for t in 0..n {
+        let slot = (segment.queries + first + t) * heads + h;
+        // SAFETY: (query, h) belongs to this work item only.
+        let dq = unsafe { dq.row(slot * d, d) };
+        for (o, a) in dq.iter_mut().zip(&acc[t * d..(t + 1) * d]) {
+            *o = *a * scale;
+        }
+    }
+}
+
+/// dk and dv for one (kv head, key block): the block's keys, values and their gradients stay
+/// in cache while the queries that see them stream past.
+#[inline(always)]
+fn dkv_body<T: Real, const FMA: bool>(
+    job: &Job<T>,
+    (s, first, end): Block,
+    kv: usize,
+    scratch: &mut Scratch<T>,
+    dk: Disjoint<T>,
+    dv: Disjoint<T>,
+) {
+    let (heads, d, stride, group) = (job.g.heads, job.g.head_dim, job.stride(), job.g.group());
+    let segment = job.segments[s];
+    let n = end - first;
+    let base = job.key(&segment, first, kv);
+    let Scratch { queries, acc: dk_acc, acc2: dv_acc, scores, dp, .. } = scratch;
+    dk_acc[..n * d].fill(T::ZERO);
+    dv_acc[..n * d].fill(T::ZERO);
+    let query = &mut queries[..d];
+    for h in kv * group..(kv + 1) * group {
+        // The first query that sees key `first` is `first - past`.
+        for t in first.saturating_sub(segment.past)..segment.len {
+            let slot = (segment.queries + t) * heads + h;
+            job.scaled_query(slot * d, query);
+            let grad = &job.grad_out[slot * d..(slot + 1) * d];
+            let m = end.min(segment.past + t + 1) - first;
+            dots::<T, FMA>(query, job.k, base, stride, &mut scores[..m]);
+            dots::<T, FMA>(grad, job.v, base, stride, &mut dp[..m]);
+            for j in 0..m {
+                let p = (scores[j] - job.lse[slot]).exp();
+                axpy::<T, FMA>(&mut dv_acc[j * d..(j + 1) * d], p, grad);
+                let ds = p * (dp[j] - job.delta[slot]);
+                axpy::<T, FMA>(&mut dk_acc[j * d..(j + 1) * d], ds, query);
+            }
+        }
+    }
+    for j in 0..n {
+        let row = base + j * stride;
+        // SAFETY: (key, kv) belongs to this work item only (segments' keys do not overlap in a
+        // packed row, the only place with a backward).
+        unsafe {
+            dk.row(row, d).copy_from_slice(&dk_acc[j * d..(j + 1) * d]);
+            dv.row(row, d).copy_from_slice(&dv_acc[j * d..(j + 1) * d]);
+        }
+    }
+}
+
+/// Whether this CPU runs the kernels compiled for AVX2 and FMA.
+fn fast_cpu() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `$name(fast, args)` runs `$body` compiled for AVX2 and FMA (as `$fast`) when `fast`, the
+/// portable build otherwise.
+macro_rules! dispatched {
+    ($name:ident, $fast:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        fn $name<T: Real>(fast: bool, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: `fast` comes from `fast_cpu`: this CPU has AVX2 and FMA.
+                return unsafe { $fast::<T>($($arg),*) };
+            }
+            let _ = fast;
+            $body::<T, false>($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $fast<T: Real>($($arg: $ty),*) {
+            $body::<T, true>($($arg),*)
+        }
+    };
+}
+
+dispatched!(forward_item, forward_item_avx2, forward_body, (job: &Job<T>, block: Block, h: usize, scratch: &mut Scratch<T>, out: Disjoint<T>, lse: Disjoint<T>));
+dispatched!(dq_item, dq_item_avx2, dq_body, (job: &Job<T>, block: Block, h: usize, scratch: &mut Scratch<T>, dq: Disjoint<T>));
+dispatched!(dkv_item, dkv_item_avx2, dkv_body, (job: &Job<T>, block: Block, kv: usize, scratch: &mut Scratch<T>, dk: Disjoint<T>, dv: Disjoint<T>));
+
+/// The float types the kernels run in.
+trait Real:
+    WithDType
+    + Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + AddAssign
+    + MulAssign
+{
+    const ZERO: Self;
+    const NEG_INFINITY: Self;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn of(x: f64) -> Self;
+    /// `self * a + b` in one rounding (one instruction where FMA is enabled).
+    fn fused_mul_add(self, a: Self, b: Self) -> Self;
+}
+
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            const ZERO: $t = 0.0;
+            const NEG_INFINITY: $t = <$t>::NEG_INFINITY;
+            #[inline(always)]
+            fn exp(self) -> $t {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> $t {
+                <$t>::ln(self)
+            }
+            #[inline(always)]
+            fn of(x: f64) -> $t {
+                x as $t
+            }
+            #[inline(always)]
+            fn fused_mul_add(self, a: $t, b: $t) -> $t {
+                <$t>::mul_add(self, a, b)
+            }
+        }
+    };
+}
+
+real!(f32);
+real!(f64);
+
+/// `a * b + c`, fused when compiled with FMA (without it, `mul_add` would be a slow library call).
+#[inline(always)]
+fn madd<T: Real, const FMA: bool>(a: T, b: T, c: T) -> T {
+    if FMA {
+        a.fused_mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// The contiguous values of a storage under its layout.
+fn values<'a, T: Real>((storage, layout): (&'a CpuStorage, &Layout)) -> Result<&'a [T]> {
+    let Some((start, end)) = layout.contiguous_offsets() else { bail!("packed-attention: input is not contiguous") };
+    Ok(&storage.as_slice::<T>()?[start..end])
+}
+
+/// Dot product with eight independent accumulators, so that the compiler vectorises it (a
+/// single running sum is a dependency chain it may not reorder).
+#[inline(always)]
+fn dot<T: Real, const FMA: bool>(a: &[T], b: &[T]) -> T {
+    let b = &b[..a.len()];
+    let mut acc = [T::ZERO; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut tail = T::ZERO;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail = madd::<T, FMA>(*x, *y, tail);
+    }
+    for (x, y) in ca.zip(cb) {
+        for lane in 0..8 {
+            acc[lane] = madd::<T, FMA>(x[lane], y[lane], acc[lane]);
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `out[j] = x . rows[base + j * stride..][..d]` for every `j < out.len()`, four rows at a
+/// time: four independent sums hide the adds' latency and share the loads of `x`.
+#[inline(always)]
+fn dots<T: Real, const FMA: bool>(x: &[T], rows: &[T], base: usize, stride: usize, out: &mut [T]) {
+    let d = x.len();
+    let whole = d / 8 * 8;
+    let done = out.len() / 4 * 4;
+    let mut quads = out.chunks_exact_mut(4);
+    for (i, quad) in (&mut quads).enumerate() {
+        let first = base + 4 * i * stride;
+        let r: [&[T]; 4] = std::array::from_fn(|j| &rows[first + j * stride..][..d]);
+        let mut acc = [[T::ZERO; 8]; 4];
+        for c in (0..whole).step_by(8) {
+            let xs: &[T; 8] = x[c..c + 8].try_into().expect("8 values");
+            for (a, row) in acc.iter_mut().zip(&r) {
+                let ys: &[T; 8] = row[c..c + 8].try_into().expect("8 values");
+                for lane in 0..8 {
+                    a[lane] = madd::<T, FMA>(xs[lane], ys[lane], a[lane]);
+                }
+            }
+        }
+        for ((o, a), row) in quad.iter_mut().zip(&acc).zip(&r) {
+            let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            for c in whole..d {
+                s = madd::<T, FMA>(x[c], row[c], s);
+            }
+            *o = s;
+        }
+    }
+    for (j, o) in quads.into_remainder().iter_mut().enumerate() {
+        *o = dot::<T, FMA>(x, &rows[base + (done + j) * stride..][..d]);
+    }
+}
+
+/// `out += a * x`.
+#[inline(always)]
+fn axpy<T: Real, const FMA: bool>(out: &mut [T], a: T, x: &[T]) {
+    for (o, x) in out.iter_mut().zip(x) {
+        *o = madd::<T, FMA>(a, *x, *o);
+    }
+}
+
+/// An output buffer that work items write at disjoint places from several threads.
+#[derive(Clone, Copy)]
+struct Disjoint<T>(*mut T);
+
+// SAFETY: only used through `row`, whose callers write rows no other work item writes.
+unsafe impl<T: Send> Send for Disjoint<T> {}
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    /// SAFETY: `start..start + len` lies in the buffer and no other thread touches it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
