@@ -139,7 +139,7 @@ impl<T: Real> Job<'_, T> {
 }
 
 /// One thread's buffers: a block of scaled queries, two blocks of accumulated rows, running
-/// maxima and sums, and one key block's scores and `dP`.
+/// maxima and sums, one key block's scores and `dP`, and the dk/dv pass's `P` and `dS` tiles.
 struct Scratch<T> {
     queries: Vec<T>,
     acc: Vec<T>,
@@ -148,6 +148,8 @@ struct Scratch<T> {
     sum: Vec<T>,
     scores: Vec<T>,
     dp: Vec<T>,
+    tile_p: Vec<T>,
+    tile_ds: Vec<T>,
 }
 
 impl<T: Real> Scratch<T> {
@@ -161,6 +163,8 @@ impl<T: Real> Scratch<T> {
             sum: vec![T::ZERO; rows],
             scores: vec![T::ZERO; KEY_BLOCK],
             dp: vec![T::ZERO; KEY_BLOCK],
+            tile_p: vec![T::ZERO; QUERY_BLOCK * KEY_BLOCK],
+            tile_ds: vec![T::ZERO; QUERY_BLOCK * KEY_BLOCK],
         }
     }
 }
@@ -210,11 +214,10 @@ fn forward_body<T: Real, const FMA: bool>(
                 acc.iter_mut().for_each(|a| *a *= correction);
                 max[t] = block_max;
             }
-            for (j, score) in scores.iter().enumerate() {
-                let p = (*score - max[t]).exp();
-                sum[t] += p;
-                axpy::<T, FMA>(acc, p, &job.v[base + j * stride..][..d]);
-            }
+            let m = max[t];
+            scores.iter_mut().for_each(|x| *x = (*x - m).exp_nonpositive());
+            sum[t] += scores.iter().fold(T::ZERO, |a, &x| a + x);
+            accumulate::<T, FMA>(acc, scores, job.v, base, stride);
         }
     }
     for t in 0..n {
@@ -261,12 +264,11 @@ fn dq_body<T: Real, const FMA: bool>(
             let grad = &job.grad_out[slot * d..(slot + 1) * d];
             dots::<T, FMA>(&queries[t * d..(t + 1) * d], job.k, base, stride, &mut scores[..m]);
             dots::<T, FMA>(grad, job.v, base, stride, &mut dp[..m]);
-            let acc = &mut acc[t * d..(t + 1) * d];
-            for j in 0..m {
-                let p = (scores[j] - job.lse[slot]).exp();
-                let ds = p * (dp[j] - job.delta[slot]);
-                axpy::<T, FMA>(acc, ds, &job.k[base + j * stride..][..d]);
+            let (lse, delta) = (job.lse[slot], job.delta[slot]);
+            for (dp, score) in dp[..m].iter_mut().zip(&scores[..m]) {
+                *dp = (*score - lse).exp_nonpositive() * (*dp - delta);
             }
+            accumulate::<T, FMA>(&mut acc[t * d..(t + 1) * d], &dp[..m], job.k, base, stride);
         }
     }
     let scale = T::of(job.g.scale);
@@ -280,8 +282,10 @@ fn dq_body<T: Real, const FMA: bool>(
     }
 }
 
-/// dk and dv for one (kv head, key block): the block's keys, values and their gradients stay
-/// in cache while the queries that see them stream past.
+/// dk and dv for one (kv head, key block): the block's keys and values stay in cache while
+/// the queries that see them stream past, a query block at a time: first the block's `P` and
+/// `dS` tiles (transposed: one key's column contiguous), then each key's gradient rows summed
+/// over the block's queries in registers.
 #[inline(always)]
 fn dkv_body<T: Real, const FMA: bool>(
     job: &Job<T>,
@@ -292,27 +296,43 @@ fn dkv_body<T: Real, const FMA: bool>(
     dv: Disjoint<T>,
 ) {
     let (heads, d, stride, group) = (job.g.heads, job.g.head_dim, job.stride(), job.g.group());
+    let scale = T::of(job.g.scale);
     let segment = job.segments[s];
     let n = end - first;
     let base = job.key(&segment, first, kv);
-    let Scratch { queries, acc: dk_acc, acc2: dv_acc, scores, dp, .. } = scratch;
+    let Scratch { acc: dk_acc, acc2: dv_acc, scores, dp, tile_p, tile_ds, .. } = scratch;
     dk_acc[..n * d].fill(T::ZERO);
     dv_acc[..n * d].fill(T::ZERO);
-    let query = &mut queries[..d];
     for h in kv * group..(kv + 1) * group {
         // The first query that sees key `first` is `first - past`.
-        for t in first.saturating_sub(segment.past)..segment.len {
-            let slot = (segment.queries + t) * heads + h;
-            job.scaled_query(slot * d, query);
-            let grad = &job.grad_out[slot * d..(slot + 1) * d];
-            let m = end.min(segment.past + t + 1) - first;
-            dots::<T, FMA>(query, job.k, base, stride, &mut scores[..m]);
-            dots::<T, FMA>(grad, job.v, base, stride, &mut dp[..m]);
-            for j in 0..m {
-                let p = (scores[j] - job.lse[slot]).exp();
-                axpy::<T, FMA>(&mut dv_acc[j * d..(j + 1) * d], p, grad);
-                let ds = p * (dp[j] - job.delta[slot]);
-                axpy::<T, FMA>(&mut dk_acc[j * d..(j + 1) * d], ds, query);
+        let queries = first.saturating_sub(segment.past)..segment.len;
+        for chunk in (queries.start..queries.end).step_by(QUERY_BLOCK) {
+            let count = (queries.end - chunk).min(QUERY_BLOCK);
+            let slot0 = (segment.queries + chunk) * heads + h;
+            for i in 0..count {
+                let slot = slot0 + i * heads;
+                let row = slot * d;
+                let m = end.min(segment.past + chunk + i + 1) - first;
+                dots::<T, FMA>(&job.q[row..row + d], job.k, base, stride, &mut scores[..m]);
+                dots::<T, FMA>(&job.grad_out[row..row + d], job.v, base, stride, &mut dp[..m]);
+                let (lse, delta) = (job.lse[slot], job.delta[slot]);
+                for (score, dp) in scores[..m].iter_mut().zip(&mut dp[..m]) {
+                    *score = (*score * scale - lse).exp_nonpositive();
+                    *dp = *score * (*dp - delta);
+                }
+                // Keys after the query (the block's diagonal) weigh nothing.
+                for j in 0..n {
+                    let (p, ds) = if j < m { (scores[j], dp[j]) } else { (T::ZERO, T::ZERO) };
+                    tile_p[j * QUERY_BLOCK + i] = p;
+                    tile_ds[j * QUERY_BLOCK + i] = ds;
+                }
+            }
+            let rows = slot0 * d;
+            for j in 0..n {
+                let column = j * QUERY_BLOCK..j * QUERY_BLOCK + count;
+                let (dv_row, dk_row) = (&mut dv_acc[j * d..(j + 1) * d], &mut dk_acc[j * d..(j + 1) * d]);
+                accumulate::<T, FMA>(dv_row, &tile_p[column.clone()], job.grad_out, rows, heads * d);
+                accumulate::<T, FMA>(dk_row, &tile_ds[column], job.q, rows, heads * d);
             }
         }
     }
@@ -321,7 +341,9 @@ fn dkv_body<T: Real, const FMA: bool>(
         // SAFETY: (key, kv) belongs to this work item only (segments' keys do not overlap in a
         // packed row, the only place with a backward).
         unsafe {
-            dk.row(row, d).copy_from_slice(&dk_acc[j * d..(j + 1) * d]);
+            for (o, a) in dk.row(row, d).iter_mut().zip(&dk_acc[j * d..(j + 1) * d]) {
+                *o = *a * scale;
+            }
             dv.row(row, d).copy_from_slice(&dv_acc[j * d..(j + 1) * d]);
         }
     }
@@ -383,13 +405,23 @@ trait Real:
     const NEG_INFINITY: Self;
     fn exp(self) -> Self;
     fn ln(self) -> Self;
+    /// `exp(self)` for `self <= 0` (probabilities from shifted scores), in a form the compiler
+    /// vectorises: no library call.
+    fn exp_nonpositive(self) -> Self;
     fn of(x: f64) -> Self;
+    /// `x . r[i]` for four rows `r[i]` as long as `x`. `FMA` is true only in the kernels
+    /// compiled for AVX2 and FMA, where f32 uses those instructions directly (the compiler
+    /// vectorises the portable loop across the four rows, badly).
+    #[inline(always)]
+    fn dot4<const FMA: bool>(x: &[Self], r: [&[Self]; 4]) -> [Self; 4] {
+        dot4_portable::<Self, FMA>(x, r)
+    }
     /// `self * a + b` in one rounding (one instruction where FMA is enabled).
     fn fused_mul_add(self, a: Self, b: Self) -> Self;
 }
 
 macro_rules! real {
-    ($t:ty) => {
+    ($t:ty, $exp_nonpositive:expr, { $($extra:item)* }) => {
         impl Real for $t {
             const ZERO: $t = 0.0;
             const NEG_INFINITY: $t = <$t>::NEG_INFINITY;
@@ -400,6 +432,11 @@ macro_rules! real {
             #[inline(always)]
             fn ln(self) -> $t {
                 <$t>::ln(self)
+            }
+            $($extra)*
+            #[inline(always)]
+            fn exp_nonpositive(self) -> $t {
+                $exp_nonpositive(self)
             }
             #[inline(always)]
             fn of(x: f64) -> $t {
@@ -413,8 +450,44 @@ macro_rules! real {
     };
 }
 
-real!(f32);
-real!(f64);
+real!(f32, exp_f32, {
+    #[inline(always)]
+    fn dot4<const FMA: bool>(x: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if FMA {
+            // SAFETY: `FMA` is true only where this CPU has AVX2 and FMA (see `dispatched!`).
+            return unsafe { dot4_avx2(x, r) };
+        }
+        dot4_portable::<f32, FMA>(x, r)
+    }
+});
+// f64 is for checking gradients: the library's exp, to the last bit.
+real!(f64, f64::exp, {});
+
+/// `exp(x)` for `x <= 0` in f32 (Cephes' `expf`, relative error about 1e-7): `x = n ln2 + r`
+/// with `|r| <= ln2 / 2`, a degree-6 polynomial for `exp(r)`, `2^n` built in the exponent bits.
+/// Branch-free (selects and integer conversions only), so loops of it vectorise.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    // Below this 2^n would be subnormal; exp is then under 1e-37, nothing next to the row's
+    // largest probability (1).
+    let x = if x < -87.0 { -87.0 } else { x };
+    // Round to nearest by the 1.5 * 2^23 trick (no library `round` call on baseline x86-64):
+    // `shifted`'s low mantissa bits hold the integer `n`, read without a saturating conversion.
+    let shifter = 12_582_912.0f32;
+    let shifted = x * std::f32::consts::LOG2_E + shifter;
+    let n = shifted - shifter;
+    let n_bits = (shifted.to_bits() as i32).wrapping_sub(shifter.to_bits() as i32);
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits((n_bits.wrapping_add(127) as u32) << 23)
+}
 
 /// `a * b + c`, fused when compiled with FMA (without it, `mul_add` would be a slow library call).
 #[inline(always)]
@@ -456,41 +529,97 @@ fn dot<T: Real, const FMA: bool>(a: &[T], b: &[T]) -> T {
 #[inline(always)]
 fn dots<T: Real, const FMA: bool>(x: &[T], rows: &[T], base: usize, stride: usize, out: &mut [T]) {
     let d = x.len();
-    let whole = d / 8 * 8;
     let done = out.len() / 4 * 4;
     let mut quads = out.chunks_exact_mut(4);
     for (i, quad) in (&mut quads).enumerate() {
         let first = base + 4 * i * stride;
-        let r: [&[T]; 4] = std::array::from_fn(|j| &rows[first + j * stride..][..d]);
-        let mut acc = [[T::ZERO; 8]; 4];
-        for c in (0..whole).step_by(8) {
-            let xs: &[T; 8] = x[c..c + 8].try_into().expect("8 values");
-            for (a, row) in acc.iter_mut().zip(&r) {
-                let ys: &[T; 8] = row[c..c + 8].try_into().expect("8 values");
-                for lane in 0..8 {
-                    a[lane] = madd::<T, FMA>(xs[lane], ys[lane], a[lane]);
-                }
-            }
-        }
-        for ((o, a), row) in quad.iter_mut().zip(&acc).zip(&r) {
-            let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-            for c in whole..d {
-                s = madd::<T, FMA>(x[c], row[c], s);
-            }
-            *o = s;
-        }
+        let (r0, r1) = (&rows[first..first + d], &rows[first + stride..first + stride + d]);
+        let (r2, r3) =
+            (&rows[first + 2 * stride..first + 2 * stride + d], &rows[first + 3 * stride..first + 3 * stride + d]);
+        let sums = T::dot4::<FMA>(x, [r0, r1, r2, r3]);
+        quad.copy_from_slice(&sums);
     }
     for (j, o) in quads.into_remainder().iter_mut().enumerate() {
         *o = dot::<T, FMA>(x, &rows[base + (done + j) * stride..][..d]);
     }
 }
 
-/// `out += a * x`.
+/// `Real::dot4`, portable.
 #[inline(always)]
-fn axpy<T: Real, const FMA: bool>(out: &mut [T], a: T, x: &[T]) {
-    for (o, x) in out.iter_mut().zip(x) {
-        *o = madd::<T, FMA>(a, *x, *o);
+fn dot4_portable<T: Real, const FMA: bool>(x: &[T], r: [&[T]; 4]) -> [T; 4] {
+    r.map(|row| dot::<T, FMA>(x, row))
+}
+
+/// `Real::dot4` for f32 with AVX2 and FMA: one 8-lane accumulator per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot4_avx2(x: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let d = x.len();
+    assert!(r.iter().all(|row| row.len() >= d));
+    let whole = d / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut c = 0;
+    while c < whole {
+        // SAFETY (loads): `c + 8 <= whole <= d` and every row holds at least `d` values.
+        let xs = _mm256_loadu_ps(x.as_ptr().add(c));
+        for (a, row) in acc.iter_mut().zip(&r) {
+            *a = _mm256_fmadd_ps(xs, _mm256_loadu_ps(row.as_ptr().add(c)), *a);
+        }
+        c += 8;
     }
+    let mut out = [0.0f32; 4];
+    for ((o, a), row) in out.iter_mut().zip(acc).zip(&r) {
+        let half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let pairs = _mm_hadd_ps(half, half);
+        let mut sum = _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs));
+        for c in whole..d {
+            sum = x[c].mul_add(row[c], sum);
+        }
+        *o = sum;
+    }
+    out
+}
+
+/// `acc += sum_j w[j] * rows[base + j * stride..][..d]`, 32 lanes of `acc` at a time held in
+/// registers across every `j` (instead of loading and storing `acc` once per row).
+#[inline(always)]
+fn accumulate<T: Real, const FMA: bool>(acc: &mut [T], w: &[T], rows: &[T], base: usize, stride: usize) {
+    let d = acc.len();
+    let mut c = 0;
+    while c + 32 <= d {
+        lanes::<T, FMA, 32>(acc, c, w, rows, base, stride);
+        c += 32;
+    }
+    while c + 8 <= d {
+        lanes::<T, FMA, 8>(acc, c, w, rows, base, stride);
+        c += 8;
+    }
+    while c < d {
+        lanes::<T, FMA, 1>(acc, c, w, rows, base, stride);
+        c += 1;
+    }
+}
+
+/// `accumulate` for the `W` lanes of `acc` from `c`.
+#[inline(always)]
+fn lanes<T: Real, const FMA: bool, const W: usize>(
+    acc: &mut [T],
+    c: usize,
+    w: &[T],
+    rows: &[T],
+    base: usize,
+    stride: usize,
+) {
+    let mut r: [T; W] = acc[c..c + W].try_into().expect("W lanes");
+    for (j, &weight) in w.iter().enumerate() {
+        let row: &[T; W] = rows[base + j * stride + c..][..W].try_into().expect("W lanes");
+        for lane in 0..W {
+            r[lane] = madd::<T, FMA>(weight, row[lane], r[lane]);
+        }
+    }
+    acc[c..c + W].copy_from_slice(&r);
 }
 
 /// An output buffer that work items write at disjoint places from several threads.
