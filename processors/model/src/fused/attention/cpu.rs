@@ -217,7 +217,7 @@ fn forward_body<T: Real, const FMA: bool>(
             let m = max[t];
             scores.iter_mut().for_each(|x| *x = (*x - m).exp_nonpositive());
             sum[t] += scores.iter().fold(T::ZERO, |a, &x| a + x);
-            accumulate::<T, FMA>(acc, scores, job.v, base, stride);
+            accumulate::<T, FMA>(acc, Weights(scores, 1, scores.len()), job.v, base, stride);
         }
     }
     for t in 0..n {
@@ -268,7 +268,7 @@ fn dq_body<T: Real, const FMA: bool>(
             for (dp, score) in dp[..m].iter_mut().zip(&scores[..m]) {
                 *dp = (*score - lse).exp_nonpositive() * (*dp - delta);
             }
-            accumulate::<T, FMA>(&mut acc[t * d..(t + 1) * d], &dp[..m], job.k, base, stride);
+            accumulate::<T, FMA>(&mut acc[t * d..(t + 1) * d], Weights(&dp[..m], 1, m), job.k, base, stride);
         }
     }
     let scale = T::of(job.g.scale);
@@ -321,18 +321,19 @@ fn dkv_body<T: Real, const FMA: bool>(
                     *dp = *score * (*dp - delta);
                 }
                 // Keys after the query (the block's diagonal) weigh nothing.
-                for j in 0..n {
-                    let (p, ds) = if j < m { (scores[j], dp[j]) } else { (T::ZERO, T::ZERO) };
-                    tile_p[j * QUERY_BLOCK + i] = p;
-                    tile_ds[j * QUERY_BLOCK + i] = ds;
-                }
+                let (p_row, ds_row) = (&mut tile_p[i * KEY_BLOCK..][..n], &mut tile_ds[i * KEY_BLOCK..][..n]);
+                p_row[..m].copy_from_slice(&scores[..m]);
+                ds_row[..m].copy_from_slice(&dp[..m]);
+                p_row[m..].fill(T::ZERO);
+                ds_row[m..].fill(T::ZERO);
             }
             let rows = slot0 * d;
             for j in 0..n {
-                let column = j * QUERY_BLOCK..j * QUERY_BLOCK + count;
                 let (dv_row, dk_row) = (&mut dv_acc[j * d..(j + 1) * d], &mut dk_acc[j * d..(j + 1) * d]);
-                accumulate::<T, FMA>(dv_row, &tile_p[column.clone()], job.grad_out, rows, heads * d);
-                accumulate::<T, FMA>(dk_row, &tile_ds[column], job.q, rows, heads * d);
+                let (p_column, ds_column) =
+                    (Weights(&tile_p[j..], KEY_BLOCK, count), Weights(&tile_ds[j..], KEY_BLOCK, count));
+                accumulate::<T, FMA>(dv_row, p_column, job.grad_out, rows, heads * d);
+                accumulate::<T, FMA>(dk_row, ds_column, job.q, rows, heads * d);
             }
         }
     }
@@ -582,10 +583,14 @@ unsafe fn dot4_avx2(x: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
+/// `count` weights a stride apart: `.0[j * .1]` for `j < .2` (a row or a column of a tile).
+#[derive(Clone, Copy)]
+struct Weights<'a, T>(&'a [T], usize, usize);
+
 /// `acc += sum_j w[j] * rows[base + j * stride..][..d]`, 32 lanes of `acc` at a time held in
 /// registers across every `j` (instead of loading and storing `acc` once per row).
 #[inline(always)]
-fn accumulate<T: Real, const FMA: bool>(acc: &mut [T], w: &[T], rows: &[T], base: usize, stride: usize) {
+fn accumulate<T: Real, const FMA: bool>(acc: &mut [T], w: Weights<T>, rows: &[T], base: usize, stride: usize) {
     let d = acc.len();
     let mut c = 0;
     while c + 32 <= d {
@@ -607,13 +612,14 @@ fn accumulate<T: Real, const FMA: bool>(acc: &mut [T], w: &[T], rows: &[T], base
 fn lanes<T: Real, const FMA: bool, const W: usize>(
     acc: &mut [T],
     c: usize,
-    w: &[T],
+    w: Weights<T>,
     rows: &[T],
     base: usize,
     stride: usize,
 ) {
     let mut r: [T; W] = acc[c..c + W].try_into().expect("W lanes");
-    for (j, &weight) in w.iter().enumerate() {
+    let Weights(values, step, count) = w;
+    for (j, &weight) in values.iter().step_by(step).take(count).enumerate() {
         let row: &[T; W] = rows[base + j * stride + c..][..W].try_into().expect("W lanes");
         for lane in 0..W {
             r[lane] = madd::<T, FMA>(weight, row[lane], r[lane]);
