@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 
 mod cpu;
+mod simd;
 
 /// Queries per work item of the forward and the dq pass.
 const QUERY_BLOCK: usize = 32;

@@ -5,11 +5,10 @@
 //! Each kernel is compiled twice: portable, and for AVX2 with FMA (chosen at run time, since
 //! the workspace builds for the baseline x86-64, which has neither).
 
-use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Sub};
-
-use candle_core::{bail, CpuStorage, Device, Layout, Result, Tensor, WithDType};
+use candle_core::{bail, CpuStorage, Device, Layout, Result, Tensor};
 use rayon::prelude::*;
 
+use super::simd::{accumulate, dot, dots, Real, Weights};
 use super::{blocks, Geometry, Segment, KEY_BLOCK, QUERY_BLOCK};
 
 /// A storage and the layout to read it with.
@@ -19,8 +18,8 @@ pub(super) type Input<'a> = (&'a CpuStorage, &'a Layout);
 /// `[len, heads]` of each (query, head)'s scaled scores, for the backward.
 pub(super) fn forward(g: Geometry, segments: &[Segment], q: Input, k: Input, v: Input) -> Result<(CpuStorage, Tensor)> {
     match q.0 {
-        CpuStorage::F32(_) => forward_typed::<f32>(g, segments, q, k, v),
-        CpuStorage::F64(_) => forward_typed::<f64>(g, segments, q, k, v),
+        CpuStorage::F32(_) => forward_typed::<f32>(g, segments, q, k, v, fast_cpu()),
+        CpuStorage::F64(_) => forward_typed::<f64>(g, segments, q, k, v, fast_cpu()),
         _ => bail!("packed-attention: computes in f32 or f64 only"),
     }
 }
@@ -34,8 +33,8 @@ pub(super) fn backward(
     (out, grad_out, lse): (Input, Input, Input),
 ) -> Result<CpuStorage> {
     match q.0 {
-        CpuStorage::F32(_) => backward_typed::<f32>(g, segments, (q, k, v), (out, grad_out, lse)),
-        CpuStorage::F64(_) => backward_typed::<f64>(g, segments, (q, k, v), (out, grad_out, lse)),
+        CpuStorage::F32(_) => backward_typed::<f32>(g, segments, (q, k, v), (out, grad_out, lse), fast_cpu()),
+        CpuStorage::F64(_) => backward_typed::<f64>(g, segments, (q, k, v), (out, grad_out, lse), fast_cpu()),
         _ => bail!("packed-attention-backward: computes in f32 or f64 only"),
     }
 }
@@ -46,6 +45,7 @@ fn forward_typed<T: Real>(
     q: Input,
     k: Input,
     v: Input,
+    fast: bool,
 ) -> Result<(CpuStorage, Tensor)> {
     let (q, k, v) = (values::<T>(q)?, values::<T>(k)?, values::<T>(v)?);
     let rows = q.len() / (g.heads * g.head_dim);
@@ -54,7 +54,6 @@ fn forward_typed<T: Real>(
     let job = Job { g, segments, q, k, v, grad_out: &[], lse: &[], delta: &[] };
     let query_blocks = blocks(segments, QUERY_BLOCK, |s| s.len);
     let (out_rows, lse_rows) = (Disjoint(out.as_mut_ptr()), Disjoint(lse.as_mut_ptr()));
-    let fast = fast_cpu();
     (0..g.heads * query_blocks.len()).into_par_iter().for_each_init(
         || Scratch::new(g.head_dim),
         |scratch, item| {
@@ -70,6 +69,7 @@ fn backward_typed<T: Real>(
     segments: &[Segment],
     (q, k, v): (Input, Input, Input),
     (out, grad_out, lse): (Input, Input, Input),
+    fast: bool,
 ) -> Result<CpuStorage> {
     let (q, k, v) = (values::<T>(q)?, values::<T>(k)?, values::<T>(v)?);
     let (out, grad_out, lse) = (values::<T>(out)?, values::<T>(grad_out)?, values::<T>(lse)?);
@@ -84,7 +84,6 @@ fn backward_typed<T: Real>(
     let mut grads = vec![T::ZERO; q.len() + 2 * k.len()];
     let (dq, dkv) = grads.split_at_mut(q.len());
     let (dk, dv) = dkv.split_at_mut(k.len());
-    let fast = fast_cpu();
     // dq over (head, query block): each item owns its queries' rows.
     let query_blocks = blocks(segments, QUERY_BLOCK, |s| s.len);
     let dq_rows = Disjoint(dq.as_mut_ptr());
@@ -284,8 +283,8 @@ fn dq_body<T: Real, const FMA: bool>(
 
 /// dk and dv for one (kv head, key block): the block's keys and values stay in cache while
 /// the queries that see them stream past, a query block at a time: first the block's `P` and
-/// `dS` tiles (transposed: one key's column contiguous), then each key's gradient rows summed
-/// over the block's queries in registers.
+/// `dS` tiles (a row per query), then each key's gradient rows summed over the block's queries
+/// (a column of the tiles) in registers.
 #[inline(always)]
 fn dkv_body<T: Real, const FMA: bool>(
     job: &Job<T>,
@@ -388,244 +387,10 @@ dispatched!(forward_item, forward_item_avx2, forward_body, (job: &Job<T>, block:
 dispatched!(dq_item, dq_item_avx2, dq_body, (job: &Job<T>, block: Block, h: usize, scratch: &mut Scratch<T>, dq: Disjoint<T>));
 dispatched!(dkv_item, dkv_item_avx2, dkv_body, (job: &Job<T>, block: Block, kv: usize, scratch: &mut Scratch<T>, dk: Disjoint<T>, dv: Disjoint<T>));
 
-/// The float types the kernels run in.
-trait Real:
-    WithDType
-    + Copy
-    + Send
-    + Sync
-    + PartialOrd
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + AddAssign
-    + MulAssign
-{
-    const ZERO: Self;
-    const NEG_INFINITY: Self;
-    fn exp(self) -> Self;
-    fn ln(self) -> Self;
-    /// `exp(self)` for `self <= 0` (probabilities from shifted scores), in a form the compiler
-    /// vectorises: no library call.
-    fn exp_nonpositive(self) -> Self;
-    fn of(x: f64) -> Self;
-    /// `x . r[i]` for four rows `r[i]` as long as `x`. `FMA` is true only in the kernels
-    /// compiled for AVX2 and FMA, where f32 uses those instructions directly (the compiler
-    /// vectorises the portable loop across the four rows, badly).
-    #[inline(always)]
-    fn dot4<const FMA: bool>(x: &[Self], r: [&[Self]; 4]) -> [Self; 4] {
-        dot4_portable::<Self, FMA>(x, r)
-    }
-    /// `self * a + b` in one rounding (one instruction where FMA is enabled).
-    fn fused_mul_add(self, a: Self, b: Self) -> Self;
-}
-
-macro_rules! real {
-    ($t:ty, $exp_nonpositive:expr, { $($extra:item)* }) => {
-        impl Real for $t {
-            const ZERO: $t = 0.0;
-            const NEG_INFINITY: $t = <$t>::NEG_INFINITY;
-            #[inline(always)]
-            fn exp(self) -> $t {
-                <$t>::exp(self)
-            }
-            #[inline(always)]
-            fn ln(self) -> $t {
-                <$t>::ln(self)
-            }
-            $($extra)*
-            #[inline(always)]
-            fn exp_nonpositive(self) -> $t {
-                $exp_nonpositive(self)
-            }
-            #[inline(always)]
-            fn of(x: f64) -> $t {
-                x as $t
-            }
-            #[inline(always)]
-            fn fused_mul_add(self, a: $t, b: $t) -> $t {
-                <$t>::mul_add(self, a, b)
-            }
-        }
-    };
-}
-
-real!(f32, exp_f32, {
-    #[inline(always)]
-    fn dot4<const FMA: bool>(x: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if FMA {
-            // SAFETY: `FMA` is true only where this CPU has AVX2 and FMA (see `dispatched!`).
-            return unsafe { dot4_avx2(x, r) };
-        }
-        dot4_portable::<f32, FMA>(x, r)
-    }
-});
-// f64 is for checking gradients: the library's exp, to the last bit.
-real!(f64, f64::exp, {});
-
-/// `exp(x)` for `x <= 0` in f32 (Cephes' `expf`, relative error about 1e-7): `x = n ln2 + r`
-/// with `|r| <= ln2 / 2`, a degree-6 polynomial for `exp(r)`, `2^n` built in the exponent bits.
-/// Branch-free (selects and integer conversions only), so loops of it vectorise.
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    // Below this 2^n would be subnormal; exp is then under 1e-37, nothing next to the row's
-    // largest probability (1).
-    let x = if x < -87.0 { -87.0 } else { x };
-    // Round to nearest by the 1.5 * 2^23 trick (no library `round` call on baseline x86-64):
-    // `shifted`'s low mantissa bits hold the integer `n`, read without a saturating conversion.
-    let shifter = 12_582_912.0f32;
-    let shifted = x * std::f32::consts::LOG2_E + shifter;
-    let n = shifted - shifter;
-    let n_bits = (shifted.to_bits() as i32).wrapping_sub(shifter.to_bits() as i32);
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let e = p * r * r + r + 1.0;
-    e * f32::from_bits((n_bits.wrapping_add(127) as u32) << 23)
-}
-
-/// `a * b + c`, fused when compiled with FMA (without it, `mul_add` would be a slow library call).
-#[inline(always)]
-fn madd<T: Real, const FMA: bool>(a: T, b: T, c: T) -> T {
-    if FMA {
-        a.fused_mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
 /// The contiguous values of a storage under its layout.
 fn values<'a, T: Real>((storage, layout): (&'a CpuStorage, &Layout)) -> Result<&'a [T]> {
     let Some((start, end)) = layout.contiguous_offsets() else { bail!("packed-attention: input is not contiguous") };
     Ok(&storage.as_slice::<T>()?[start..end])
-}
-
-/// Dot product with eight independent accumulators, so that the compiler vectorises it (a
-/// single running sum is a dependency chain it may not reorder).
-#[inline(always)]
-fn dot<T: Real, const FMA: bool>(a: &[T], b: &[T]) -> T {
-    let b = &b[..a.len()];
-    let mut acc = [T::ZERO; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let mut tail = T::ZERO;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail = madd::<T, FMA>(*x, *y, tail);
-    }
-    for (x, y) in ca.zip(cb) {
-        for lane in 0..8 {
-            acc[lane] = madd::<T, FMA>(x[lane], y[lane], acc[lane]);
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-/// `out[j] = x . rows[base + j * stride..][..d]` for every `j < out.len()`, four rows at a
-/// time: four independent sums hide the adds' latency and share the loads of `x`.
-#[inline(always)]
-fn dots<T: Real, const FMA: bool>(x: &[T], rows: &[T], base: usize, stride: usize, out: &mut [T]) {
-    let d = x.len();
-    let done = out.len() / 4 * 4;
-    let mut quads = out.chunks_exact_mut(4);
-    for (i, quad) in (&mut quads).enumerate() {
-        let first = base + 4 * i * stride;
-        let (r0, r1) = (&rows[first..first + d], &rows[first + stride..first + stride + d]);
-        let (r2, r3) =
-            (&rows[first + 2 * stride..first + 2 * stride + d], &rows[first + 3 * stride..first + 3 * stride + d]);
-        let sums = T::dot4::<FMA>(x, [r0, r1, r2, r3]);
-        quad.copy_from_slice(&sums);
-    }
-    for (j, o) in quads.into_remainder().iter_mut().enumerate() {
-        *o = dot::<T, FMA>(x, &rows[base + (done + j) * stride..][..d]);
-    }
-}
-
-/// `Real::dot4`, portable.
-#[inline(always)]
-fn dot4_portable<T: Real, const FMA: bool>(x: &[T], r: [&[T]; 4]) -> [T; 4] {
-    r.map(|row| dot::<T, FMA>(x, row))
-}
-
-/// `Real::dot4` for f32 with AVX2 and FMA: one 8-lane accumulator per row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn dot4_avx2(x: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
-    use std::arch::x86_64::*;
-    let d = x.len();
-    assert!(r.iter().all(|row| row.len() >= d));
-    let whole = d / 8 * 8;
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut c = 0;
-    while c < whole {
-        // SAFETY (loads): `c + 8 <= whole <= d` and every row holds at least `d` values.
-        let xs = _mm256_loadu_ps(x.as_ptr().add(c));
-        for (a, row) in acc.iter_mut().zip(&r) {
-            *a = _mm256_fmadd_ps(xs, _mm256_loadu_ps(row.as_ptr().add(c)), *a);
-        }
-        c += 8;
-    }
-    let mut out = [0.0f32; 4];
-    for ((o, a), row) in out.iter_mut().zip(acc).zip(&r) {
-        let half = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        let pairs = _mm_hadd_ps(half, half);
-        let mut sum = _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs));
-        for c in whole..d {
-            sum = x[c].mul_add(row[c], sum);
-        }
-        *o = sum;
-    }
-    out
-}
-
-/// `count` weights a stride apart: `.0[j * .1]` for `j < .2` (a row or a column of a tile).
-#[derive(Clone, Copy)]
-struct Weights<'a, T>(&'a [T], usize, usize);
-
-/// `acc += sum_j w[j] * rows[base + j * stride..][..d]`, 32 lanes of `acc` at a time held in
-/// registers across every `j` (instead of loading and storing `acc` once per row).
-#[inline(always)]
-fn accumulate<T: Real, const FMA: bool>(acc: &mut [T], w: Weights<T>, rows: &[T], base: usize, stride: usize) {
-    let d = acc.len();
-    let mut c = 0;
-    while c + 32 <= d {
-        lanes::<T, FMA, 32>(acc, c, w, rows, base, stride);
-        c += 32;
-    }
-    while c + 8 <= d {
-        lanes::<T, FMA, 8>(acc, c, w, rows, base, stride);
-        c += 8;
-    }
-    while c < d {
-        lanes::<T, FMA, 1>(acc, c, w, rows, base, stride);
-        c += 1;
-    }
-}
-
-/// `accumulate` for the `W` lanes of `acc` from `c`.
-#[inline(always)]
-fn lanes<T: Real, const FMA: bool, const W: usize>(
-    acc: &mut [T],
-    c: usize,
-    w: Weights<T>,
-    rows: &[T],
-    base: usize,
-    stride: usize,
-) {
-    let mut r: [T; W] = acc[c..c + W].try_into().expect("W lanes");
-    let Weights(values, step, count) = w;
-    for (j, &weight) in values.iter().step_by(step).take(count).enumerate() {
-        let row: &[T; W] = rows[base + j * stride + c..][..W].try_into().expect("W lanes");
-        for lane in 0..W {
-            r[lane] = madd::<T, FMA>(weight, row[lane], r[lane]);
-        }
-    }
-    acc[c..c + W].copy_from_slice(&r);
 }
 
 /// An output buffer that work items write at disjoint places from several threads.
@@ -641,5 +406,61 @@ impl<T> Disjoint<T> {
     #[allow(clippy::mut_from_ref)]
     unsafe fn row(&self, start: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Shape;
+
+    fn storage(seed: u32, n: usize) -> (CpuStorage, Layout) {
+        // A fixed, irregular sequence in [-1.5, 1.5).
+        let values =
+            (0..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 3000) as f32 / 1000.0 - 1.5).collect();
+        (CpuStorage::F32(values), Layout::contiguous(Shape::from(n)))
+    }
+
+    /// The kernels compiled for AVX2 and FMA agree with the portable ones (the tests of the
+    /// public functions run whichever this CPU takes), across every lane path of head_dim 44
+    /// (32 + 8 + 4) and blocks cut by sequence ends.
+    #[test]
+    fn fast_and_portable_kernels_agree() {
+        if !fast_cpu() {
+            return;
+        }
+        let (heads, kv_heads, head_dim, len) = (4, 2, 44, 100);
+        let g = Geometry { heads, kv_heads, head_dim, scale: 1.0 / (head_dim as f64).sqrt() };
+        let segments =
+            [Segment { queries: 0, len: 70, keys: 0, past: 0 }, Segment { queries: 70, len: 30, keys: 70, past: 0 }];
+        let (q, k, v) = (
+            storage(1, len * heads * head_dim),
+            storage(2, len * kv_heads * head_dim),
+            storage(3, len * kv_heads * head_dim),
+        );
+        let grad = storage(4, len * heads * head_dim);
+        fn input(s: &(CpuStorage, Layout)) -> Input<'_> {
+            (&s.0, &s.1)
+        }
+        let run = |fast: bool| {
+            let (out, lse) = forward_typed::<f32>(g, &segments, input(&q), input(&k), input(&v), fast).unwrap();
+            let lse = lse.to_vec2::<f32>().unwrap().concat();
+            let lse = (CpuStorage::F32(lse.clone()), Layout::contiguous(Shape::from(lse.len())));
+            let out = (out, Layout::contiguous(Shape::from(len * heads * head_dim)));
+            let grads = backward_typed::<f32>(
+                g,
+                &segments,
+                (input(&q), input(&k), input(&v)),
+                (input(&out), input(&grad), input(&lse)),
+                fast,
+            )
+            .unwrap();
+            [out.0, lse.0, grads].map(|s| s.as_slice::<f32>().unwrap().to_vec())
+        };
+        let (fast, portable) = (run(true), run(false));
+        for (name, (a, b)) in ["out", "lse", "grads"].iter().zip(fast.iter().zip(&portable)) {
+            let error = a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0f32, f32::max);
+            assert!(error < 1e-5, "{name}: fast vs portable {error}");
+        }
     }
 }
