@@ -8,7 +8,7 @@
 use candle_core::{bail, CpuStorage, Device, Layout, Result, Tensor};
 use rayon::prelude::*;
 
-use super::simd::{accumulate, dot, dots, Real, Weights};
+use super::simd::{accumulate, dot, Real, Weights};
 use super::{blocks, Geometry, Segment, KEY_BLOCK, QUERY_BLOCK};
 
 /// A storage and the layout to read it with.
@@ -138,7 +138,8 @@ impl<T: Real> Job<'_, T> {
 }
 
 /// One thread's buffers: a block of scaled queries, two blocks of accumulated rows, running
-/// maxima and sums, one key block's scores and `dP`, and the dk/dv pass's `P` and `dS` tiles.
+/// maxima and sums, one key block's scores and `dP`, the dk/dv pass's `P` and `dS` tiles, and
+/// one block of keys and of values transposed.
 struct Scratch<T> {
     queries: Vec<T>,
     acc: Vec<T>,
@@ -149,6 +150,8 @@ struct Scratch<T> {
     dp: Vec<T>,
     tile_p: Vec<T>,
     tile_ds: Vec<T>,
+    keys_t: Vec<T>,
+    values_t: Vec<T>,
 }
 
 impl<T: Real> Scratch<T> {
@@ -164,6 +167,8 @@ impl<T: Real> Scratch<T> {
             dp: vec![T::ZERO; KEY_BLOCK],
             tile_p: vec![T::ZERO; QUERY_BLOCK * KEY_BLOCK],
             tile_ds: vec![T::ZERO; QUERY_BLOCK * KEY_BLOCK],
+            keys_t: vec![T::ZERO; d * KEY_BLOCK],
+            values_t: vec![T::ZERO; d * KEY_BLOCK],
         }
     }
 }
@@ -187,7 +192,7 @@ fn forward_body<T: Real, const FMA: bool>(
     let segment = job.segments[s];
     let kv = h / job.g.group();
     let n = end - first;
-    let Scratch { queries, acc, max, sum, scores, .. } = scratch;
+    let Scratch { queries, acc, max, sum, scores, keys_t, .. } = scratch;
     acc[..n * d].fill(T::ZERO);
     max[..n].fill(T::NEG_INFINITY);
     sum[..n].fill(T::ZERO);
@@ -198,13 +203,14 @@ fn forward_body<T: Real, const FMA: bool>(
     for key_first in (0..visible).step_by(KEY_BLOCK) {
         let key_end = (key_first + KEY_BLOCK).min(visible);
         let base = job.key(&segment, key_first, kv);
+        transpose_block(job.k, base, stride, key_end - key_first, d, keys_t);
         for t in 0..n {
             let seen = key_end.min(segment.past + first + t + 1);
             if seen <= key_first {
                 continue;
             }
             let scores = &mut scores[..seen - key_first];
-            dots::<T, FMA>(&queries[t * d..(t + 1) * d], job.k, base, stride, scores);
+            block_dots::<T, FMA>(&queries[t * d..(t + 1) * d], keys_t, scores);
             let block_max = scores.iter().fold(T::NEG_INFINITY, |m, &x| if x > m { x } else { m });
             let acc = &mut acc[t * d..(t + 1) * d];
             if block_max > max[t] {
@@ -244,7 +250,7 @@ fn dq_body<T: Real, const FMA: bool>(
     let segment = job.segments[s];
     let kv = h / job.g.group();
     let n = end - first;
-    let Scratch { queries, acc, scores, dp, .. } = scratch;
+    let Scratch { queries, acc, scores, dp, keys_t, values_t, .. } = scratch;
     acc[..n * d].fill(T::ZERO);
     for t in 0..n {
         job.scaled_query(((segment.queries + first + t) * heads + h) * d, &mut queries[t * d..(t + 1) * d]);
@@ -253,6 +259,8 @@ fn dq_body<T: Real, const FMA: bool>(
     for key_first in (0..visible).step_by(KEY_BLOCK) {
         let key_end = (key_first + KEY_BLOCK).min(visible);
         let base = job.key(&segment, key_first, kv);
+        transpose_block(job.k, base, stride, key_end - key_first, d, keys_t);
+        transpose_block(job.v, base, stride, key_end - key_first, d, values_t);
         for t in 0..n {
             let seen = key_end.min(segment.past + first + t + 1);
             if seen <= key_first {
@@ -261,8 +269,8 @@ fn dq_body<T: Real, const FMA: bool>(
             let m = seen - key_first;
             let slot = (segment.queries + first + t) * heads + h;
             let grad = &job.grad_out[slot * d..(slot + 1) * d];
-            dots::<T, FMA>(&queries[t * d..(t + 1) * d], job.k, base, stride, &mut scores[..m]);
-            dots::<T, FMA>(grad, job.v, base, stride, &mut dp[..m]);
+            block_dots::<T, FMA>(&queries[t * d..(t + 1) * d], keys_t, &mut scores[..m]);
+            block_dots::<T, FMA>(grad, values_t, &mut dp[..m]);
             let (lse, delta) = (job.lse[slot], job.delta[slot]);
             for (dp, score) in dp[..m].iter_mut().zip(&scores[..m]) {
                 *dp = (*score - lse).exp_nonpositive() * (*dp - delta);
@@ -299,9 +307,11 @@ fn dkv_body<T: Real, const FMA: bool>(
     let segment = job.segments[s];
     let n = end - first;
     let base = job.key(&segment, first, kv);
-    let Scratch { acc: dk_acc, acc2: dv_acc, scores, dp, tile_p, tile_ds, .. } = scratch;
+    let Scratch { acc: dk_acc, acc2: dv_acc, scores, dp, tile_p, tile_ds, keys_t, values_t, .. } = scratch;
     dk_acc[..n * d].fill(T::ZERO);
     dv_acc[..n * d].fill(T::ZERO);
+    transpose_block(job.k, base, stride, n, d, keys_t);
+    transpose_block(job.v, base, stride, n, d, values_t);
     for h in kv * group..(kv + 1) * group {
         // The first query that sees key `first` is `first - past`.
         let queries = first.saturating_sub(segment.past)..segment.len;
@@ -312,8 +322,8 @@ fn dkv_body<T: Real, const FMA: bool>(
                 let slot = slot0 + i * heads;
                 let row = slot * d;
                 let m = end.min(segment.past + chunk + i + 1) - first;
-                dots::<T, FMA>(&job.q[row..row + d], job.k, base, stride, &mut scores[..m]);
-                dots::<T, FMA>(&job.grad_out[row..row + d], job.v, base, stride, &mut dp[..m]);
+                block_dots::<T, FMA>(&job.q[row..row + d], keys_t, &mut scores[..m]);
+                block_dots::<T, FMA>(&job.grad_out[row..row + d], values_t, &mut dp[..m]);
                 let (lse, delta) = (job.lse[slot], job.delta[slot]);
                 for (score, dp) in scores[..m].iter_mut().zip(&mut dp[..m]) {
                     *score = (*score * scale - lse).exp_nonpositive();
@@ -347,6 +357,25 @@ fn dkv_body<T: Real, const FMA: bool>(
             dv.row(row, d).copy_from_slice(&dv_acc[j * d..(j + 1) * d]);
         }
     }
+}
+
+/// Rows `base + j * stride` (`j < n`) of `src` transposed: `dst[c * KEY_BLOCK + j]`. A query's
+/// scores against the block are then a sum of `dst`'s rows weighted by the query's values,
+/// computed lane-parallel over keys with no horizontal sums (done once per block and reused
+/// by all the queries that see it).
+fn transpose_block<T: Copy>(src: &[T], base: usize, stride: usize, n: usize, d: usize, dst: &mut [T]) {
+    for j in 0..n {
+        for (c, x) in src[base + j * stride..][..d].iter().enumerate() {
+            dst[c * KEY_BLOCK + j] = *x;
+        }
+    }
+}
+
+/// `out[j] = x . key j` for the keys of a block transposed by `transpose_block`.
+#[inline(always)]
+fn block_dots<T: Real, const FMA: bool>(x: &[T], transposed: &[T], out: &mut [T]) {
+    out.fill(T::ZERO);
+    accumulate::<T, FMA>(out, Weights(x, 1, x.len()), transposed, 0, KEY_BLOCK);
 }
 
 /// Whether this CPU runs the kernels compiled for AVX2 and FMA.
