@@ -18,8 +18,8 @@ pub(super) type Input<'a> = (&'a CpuStorage, &'a Layout);
 /// `[len, heads]` of each (query, head)'s scaled scores, for the backward.
 pub(super) fn forward(g: Geometry, segments: &[Segment], q: Input, k: Input, v: Input) -> Result<(CpuStorage, Tensor)> {
     match q.0 {
-        CpuStorage::F32(_) => forward_typed::<f32>(g, segments, q, k, v, fast_cpu()),
-        CpuStorage::F64(_) => forward_typed::<f64>(g, segments, q, k, v, fast_cpu()),
+        CpuStorage::F32(_) => forward_typed::<f32>(g, segments, q, k, v, Isa::best()),
+        CpuStorage::F64(_) => forward_typed::<f64>(g, segments, q, k, v, Isa::best()),
         _ => bail!("packed-attention: computes in f32 or f64 only"),
     }
 }
@@ -33,8 +33,8 @@ pub(super) fn backward(
     (out, grad_out, lse): (Input, Input, Input),
 ) -> Result<CpuStorage> {
     match q.0 {
-        CpuStorage::F32(_) => backward_typed::<f32>(g, segments, (q, k, v), (out, grad_out, lse), fast_cpu()),
-        CpuStorage::F64(_) => backward_typed::<f64>(g, segments, (q, k, v), (out, grad_out, lse), fast_cpu()),
+        CpuStorage::F32(_) => backward_typed::<f32>(g, segments, (q, k, v), (out, grad_out, lse), Isa::best()),
+        CpuStorage::F64(_) => backward_typed::<f64>(g, segments, (q, k, v), (out, grad_out, lse), Isa::best()),
         _ => bail!("packed-attention-backward: computes in f32 or f64 only"),
     }
 }
@@ -45,7 +45,7 @@ fn forward_typed<T: Real>(
     q: Input,
     k: Input,
     v: Input,
-    fast: bool,
+    isa: Isa,
 ) -> Result<(CpuStorage, Tensor)> {
     let (q, k, v) = (values::<T>(q)?, values::<T>(k)?, values::<T>(v)?);
     let rows = q.len() / (g.heads * g.head_dim);
@@ -57,7 +57,7 @@ fn forward_typed<T: Real>(
     (0..g.heads * query_blocks.len()).into_par_iter().for_each_init(
         || Scratch::new(g.head_dim),
         |scratch, item| {
-            forward_item(fast, &job, query_blocks[item / g.heads], item % g.heads, scratch, out_rows, lse_rows)
+            forward_item(isa, &job, query_blocks[item / g.heads], item % g.heads, scratch, out_rows, lse_rows)
         },
     );
     let lse = Tensor::from_vec(lse, (rows, g.heads), &Device::Cpu)?;
@@ -69,7 +69,7 @@ fn backward_typed<T: Real>(
     segments: &[Segment],
     (q, k, v): (Input, Input, Input),
     (out, grad_out, lse): (Input, Input, Input),
-    fast: bool,
+    isa: Isa,
 ) -> Result<CpuStorage> {
     let (q, k, v) = (values::<T>(q)?, values::<T>(k)?, values::<T>(v)?);
     let (out, grad_out, lse) = (values::<T>(out)?, values::<T>(grad_out)?, values::<T>(lse)?);
@@ -89,7 +89,7 @@ fn backward_typed<T: Real>(
     let dq_rows = Disjoint(dq.as_mut_ptr());
     (0..g.heads * query_blocks.len()).into_par_iter().for_each_init(
         || Scratch::new(d),
-        |scratch, item| dq_item(fast, &job, query_blocks[item / g.heads], item % g.heads, scratch, dq_rows),
+        |scratch, item| dq_item(isa, &job, query_blocks[item / g.heads], item % g.heads, scratch, dq_rows),
     );
     // dk and dv over (kv head, key block): each item owns its keys' rows and sums over every
     // query head of its group and every query that sees its keys.
@@ -98,7 +98,7 @@ fn backward_typed<T: Real>(
     (0..g.kv_heads * key_blocks.len()).into_par_iter().for_each_init(
         || Scratch::new(d),
         |scratch, item| {
-            dkv_item(fast, &job, key_blocks[item / g.kv_heads], item % g.kv_heads, scratch, dk_rows, dv_rows)
+            dkv_item(isa, &job, key_blocks[item / g.kv_heads], item % g.kv_heads, scratch, dk_rows, dv_rows)
         },
     );
     Ok(T::to_cpu_storage_owned(grads))
@@ -378,43 +378,65 @@ fn block_dots<T: Real, const FMA: bool>(x: &[T], transposed: &[T], out: &mut [T]
     accumulate::<T, FMA>(out, Weights(x, 1, x.len()), transposed, 0, KEY_BLOCK);
 }
 
-/// Whether this CPU runs the kernels compiled for AVX2 and FMA.
-fn fast_cpu() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// The instruction sets the kernels are compiled for; the best this CPU has runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Isa {
+    Portable,
+    /// AVX2 and FMA.
+    Avx2,
+    /// AVX-512F besides (twice the lanes where the CPU runs them at full width).
+    Avx512,
+}
+
+impl Isa {
+    fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx2") && has!("fma") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
     }
 }
 
-/// `$name(fast, args)` runs `$body` compiled for AVX2 and FMA (as `$fast`) when `fast`, the
-/// portable build otherwise.
+/// `$name(isa, args)` runs `$body` compiled for `isa` (as `$avx2` or `$avx512`; the workspace
+/// builds for baseline x86-64, which has neither).
 macro_rules! dispatched {
-    ($name:ident, $fast:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
-        fn $name<T: Real>(fast: bool, $($arg: $ty),*) {
+    ($name:ident, $avx2:ident, $avx512:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        fn $name<T: Real>(isa: Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: `fast` comes from `fast_cpu`: this CPU has AVX2 and FMA.
-                return unsafe { $fast::<T>($($arg),*) };
+            match isa {
+                // SAFETY: `isa` is `Isa::best()` or below: this CPU has these instructions.
+                Isa::Avx512 => return unsafe { $avx512::<T>($($arg),*) },
+                Isa::Avx2 => return unsafe { $avx2::<T>($($arg),*) },
+                Isa::Portable => {}
             }
-            let _ = fast;
+            let _ = isa;
             $body::<T, false>($($arg),*)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn $fast<T: Real>($($arg: $ty),*) {
+        unsafe fn $avx2<T: Real>($($arg: $ty),*) {
+            $body::<T, true>($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn $avx512<T: Real>($($arg: $ty),*) {
             $body::<T, true>($($arg),*)
         }
     };
 }
 
-dispatched!(forward_item, forward_item_avx2, forward_body, (job: &Job<T>, block: Block, h: usize, scratch: &mut Scratch<T>, out: Disjoint<T>, lse: Disjoint<T>));
-dispatched!(dq_item, dq_item_avx2, dq_body, (job: &Job<T>, block: Block, h: usize, scratch: &mut Scratch<T>, dq: Disjoint<T>));
-dispatched!(dkv_item, dkv_item_avx2, dkv_body, (job: &Job<T>, block: Block, kv: usize, scratch: &mut Scratch<T>, dk: Disjoint<T>, dv: Disjoint<T>));
+dispatched!(forward_item, forward_item_avx2, forward_item_avx512, forward_body, (job: &Job<T>, block: Block, h: usize, scratch: &mut Scratch<T>, out: Disjoint<T>, lse: Disjoint<T>));
+dispatched!(dq_item, dq_item_avx2, dq_item_avx512, dq_body, (job: &Job<T>, block: Block, h: usize, scratch: &mut Scratch<T>, dq: Disjoint<T>));
+dispatched!(dkv_item, dkv_item_avx2, dkv_item_avx512, dkv_body, (job: &Job<T>, block: Block, kv: usize, scratch: &mut Scratch<T>, dk: Disjoint<T>, dv: Disjoint<T>));
 
 /// The contiguous values of a storage under its layout.
 fn values<'a, T: Real>((storage, layout): (&'a CpuStorage, &Layout)) -> Result<&'a [T]> {
@@ -450,14 +472,11 @@ mod tests {
         (CpuStorage::F32(values), Layout::contiguous(Shape::from(n)))
     }
 
-    /// The kernels compiled for AVX2 and FMA agree with the portable ones (the tests of the
-    /// public functions run whichever this CPU takes), across every lane path of head_dim 44
+    /// The kernels compiled for AVX2 and for AVX-512 agree with the portable ones (the tests
+    /// of the public functions run whichever this CPU takes), across every lane path of head_dim 44
     /// (32 + 8 + 4) and blocks cut by sequence ends.
     #[test]
-    fn fast_and_portable_kernels_agree() {
-        if !fast_cpu() {
-            return;
-        }
+    fn every_instruction_set_agrees_with_the_portable_kernels() {
         let (heads, kv_heads, head_dim, len) = (4, 2, 44, 100);
         let g = Geometry { heads, kv_heads, head_dim, scale: 1.0 / (head_dim as f64).sqrt() };
         let segments =
@@ -471,8 +490,8 @@ mod tests {
         fn input(s: &(CpuStorage, Layout)) -> Input<'_> {
             (&s.0, &s.1)
         }
-        let run = |fast: bool| {
-            let (out, lse) = forward_typed::<f32>(g, &segments, input(&q), input(&k), input(&v), fast).unwrap();
+        let run = |isa: Isa| {
+            let (out, lse) = forward_typed::<f32>(g, &segments, input(&q), input(&k), input(&v), isa).unwrap();
             let lse = lse.to_vec2::<f32>().unwrap().concat();
             let lse = (CpuStorage::F32(lse.clone()), Layout::contiguous(Shape::from(lse.len())));
             let out = (out, Layout::contiguous(Shape::from(len * heads * head_dim)));
@@ -481,15 +500,18 @@ mod tests {
                 &segments,
                 (input(&q), input(&k), input(&v)),
                 (input(&out), input(&grad), input(&lse)),
-                fast,
+                isa,
             )
             .unwrap();
             [out.0, lse.0, grads].map(|s| s.as_slice::<f32>().unwrap().to_vec())
         };
-        let (fast, portable) = (run(true), run(false));
-        for (name, (a, b)) in ["out", "lse", "grads"].iter().zip(fast.iter().zip(&portable)) {
-            let error = a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0f32, f32::max);
-            assert!(error < 1e-5, "{name}: fast vs portable {error}");
+        let portable = run(Isa::Portable);
+        let available = [Isa::Avx2, Isa::Avx512].into_iter().filter(|isa| *isa as u8 <= Isa::best() as u8);
+        for (isa, fast) in available.map(|isa| (isa, run(isa))) {
+            for (name, (a, b)) in ["out", "lse", "grads"].iter().zip(fast.iter().zip(&portable)) {
+                let error = a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0f32, f32::max);
+                assert!(error < 1e-5, "{name}: {isa:?} vs portable {error}");
+            }
         }
     }
 }

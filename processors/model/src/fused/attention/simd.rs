@@ -5,7 +5,7 @@
 //! lanes.
 //!
 //! `FMA` (a const parameter throughout) is true only in the kernels compiled for AVX2 and FMA
-//! (see `cpu::dispatched!`): `a * b + c` is then one fused instruction.
+//! or above (see `cpu::dispatched!`): `a * b + c` is then one fused instruction.
 
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Sub};
 
