@@ -13,9 +13,15 @@
 //! head_dim]` (the projections reshaped, no transpose), all contiguous, so every inner loop
 //! runs over `head_dim` contiguous values.
 //!
-//! CPU: rayon. The forward and the dq pass split the work over (head, query block); the dk/dv
-//! pass over (kv head, key block), each work item owning its keys' gradient rows, so no two
-//! threads ever write the same element. CUDA: `cuda_fwd` is where the kernels go.
+//! The backward runs as a second custom op over (q, k, v) holding the output, its gradient and
+//! the log-sum-exp, and returns dq, dk and dv in one flat buffer that `bwd` splits (views).
+//!
+//! CPU (`cpu`, over `simd`): rayon. The forward and the dq pass split the work over (head,
+//! query block); the dk/dv pass over (kv head, key block), each work item owning its keys'
+//! gradient rows, so no two threads ever write the same element (dq and dk/dv each recompute
+//! the probabilities: two passes, no reduction, no per-thread copies of the gradients). The
+//! kernels are compiled for baseline x86-64, AVX2+FMA and AVX-512 and the best the CPU has
+//! runs. CUDA: `cuda_fwd` of both ops is where the kernels go; today they bail.
 
 use std::sync::Mutex;
 
