@@ -2,8 +2,12 @@
 //! dk/dv pass, over rayon. Every inner loop runs over `head_dim` contiguous values; scratch is
 //! one block per thread, allocated once per thread and call, never per query.
 //!
-//! Each kernel is compiled twice: portable, and for AVX2 with FMA (chosen at run time, since
-//! the workspace builds for the baseline x86-64, which has neither).
+//! Each kernel is compiled three times, portable, for AVX2 with FMA and for AVX-512, and the
+//! best the CPU has runs (chosen at run time: the workspace builds for baseline x86-64).
+//!
+//! One query's scores against a key block are a sum of the block's transposed rows weighted by
+//! the query (`simd::accumulate`), like the probabilities times the values: every hot loop is
+//! the same lane-parallel multiply-add, no horizontal sums.
 
 use candle_core::{bail, CpuStorage, Device, Layout, Result, Tensor};
 use rayon::prelude::*;
