@@ -9,7 +9,8 @@ fn the_quickstart_runs_every_stage_and_reports_each_topic() {
     let work = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(distillery_bin())
         .current_dir(repo_root())
-        .args(["quickstart", "--work-dir"])
+        // The tiny students: the SmolLM2 default trains a real 135M model (release build, minutes).
+        .args(["quickstart", "--student", "tiny", "--work-dir"])
         .arg(work.path())
         .env("RUST_LOG", "warn")
         .output()

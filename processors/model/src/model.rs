@@ -1,9 +1,18 @@
 //! A Llama/Mistral-family decoder written for training: f32 master weights held as candle
 //! `Var`s under their Hugging Face names, compute in the weights' dtype or bf16, and packed
 //! rows where every sequence restarts its positions at 0 and attends only to itself.
+//!
+//! Training runs the fused ops (`crate::fused`): attention over the whole packed row from its
+//! sequence boundaries, RMSNorm, RoPE from tables built once, SwiGLU, and the lm_head with the
+//! cross-entropy in chunks. With activation recomputation on (the default), a row's backward
+//! keeps only each layer's input and recomputes one layer at a time, so a step holds the
+//! activations of one layer, not of all of them.
 
 use crate::config::ModelConfig;
-use crate::reference::{attention, causal_mask, cross_entropy_sum, rms_norm, rope, swiglu, RotaryTables};
+use crate::fused;
+use crate::fused::rope::RopeTables;
+use crate::reference::{self, RotaryTables};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -42,7 +51,9 @@ impl PackedRow {
     }
 }
 
-/// Keys and values of the positions generated so far, per layer (in-process generation).
+/// Keys and values of the positions generated so far, per layer (in-process generation),
+/// each `[positions, kv_heads, head_dim]` after RoPE: a new token attends to them without
+/// recomputing any past position.
 #[derive(Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
@@ -51,7 +62,7 @@ pub struct KvCache {
 impl KvCache {
     pub fn len(&self) -> usize {
         match self.layers.first() {
-            Some(Some((k, _))) => k.dim(1).unwrap_or(0),
+            Some(Some((k, _))) => k.dim(0).unwrap_or(0),
             _ => 0,
         }
     }
@@ -61,6 +72,20 @@ impl KvCache {
     }
 }
 
+/// Which implementation of the decoder's ops a student runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpsPath {
+    /// `crate::fused`: what the trainer and the evaluator run.
+    Fused,
+    /// `crate::reference`, composed of candle primitives: the tests' reference and the
+    /// baseline of `distillery bench trainer-memory`.
+    Reference,
+}
+
+/// Rows of the lm_head + cross-entropy computed at once: 256 x vocab f32 logits (50 MB for
+/// SmolLM2's 49,152 tokens) instead of targets x vocab.
+const LOSS_CHUNK_ROWS: usize = 256;
+
 pub struct Student {
     pub config: ModelConfig,
     /// Trainable weights by Hugging Face name, in a fixed (sorted) order.
@@ -68,6 +93,11 @@ pub struct Student {
     device: Device,
     /// Dtype of matmuls and activations: the weights' own dtype, or bf16 on GPUs.
     compute_dtype: DType,
+    /// cos/sin for every position the config allows, built once.
+    rope: RopeTables,
+    ops: OpsPath,
+    /// Keep only each layer's input during a row's forward and recompute the layer in backward.
+    recompute_layers: bool,
 }
 
 /// Hugging Face names of every weight of a config, with shapes.
@@ -146,13 +176,38 @@ impl Student {
         if let Some(name) = tensors.keys().next() {
             anyhow::bail!("the weights have '{name}', which this {} config does not use", config.model_type);
         }
-        Ok(Student { config, params, device: device.clone(), compute_dtype: dtype })
+        let rope_dtype = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let rope =
+            RopeTables::new(config.head_dim(), config.rope_theta, config.max_position_embeddings, rope_dtype, device)?;
+        Ok(Student {
+            config,
+            params,
+            device: device.clone(),
+            compute_dtype: dtype,
+            rope,
+            ops: OpsPath::Fused,
+            recompute_layers: true,
+        })
     }
 
     /// Run matmuls and activations in `dtype` (bf16 on GPUs) while the weights stay in their
     /// own (f32 master) dtype.
     pub fn with_compute_dtype(mut self, dtype: DType) -> Student {
         self.compute_dtype = dtype;
+        self
+    }
+
+    /// Run the composite reference ops instead of the fused ones (tests, benchmarks' baseline).
+    pub fn with_ops(mut self, ops: OpsPath) -> Student {
+        self.ops = ops;
+        self
+    }
+
+    /// Whether [`Student::row_gradients`] recomputes each layer in backward (memory: one
+    /// layer's activations plus every layer's input) or keeps the whole graph (faster by the
+    /// cost of one more forward, memory growing with every layer's activations).
+    pub fn with_layer_recompute(mut self, recompute: bool) -> Student {
+        self.recompute_layers = recompute;
         self
     }
 
@@ -198,16 +253,42 @@ impl Student {
     ) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
         let name = |suffix: &str| format!("model.layers.{layer}.{suffix}");
-        let normed = rms_norm(x, &self.weight(&name("input_layernorm.weight"))?, eps)?;
+        let normed = self.rms_norm(x, &self.weight(&name("input_layernorm.weight"))?, eps)?;
         let q = self.linear(&normed, &name("self_attn.q_proj.weight"))?;
         let k = self.linear(&normed, &name("self_attn.k_proj.weight"))?;
         let v = self.linear(&normed, &name("self_attn.v_proj.weight"))?;
         let attended = attend(q, k, v)?;
         let x = (x + self.linear(&attended, &name("self_attn.o_proj.weight"))?)?;
-        let normed = rms_norm(&x, &self.weight(&name("post_attention_layernorm.weight"))?, eps)?;
+        let normed = self.rms_norm(&x, &self.weight(&name("post_attention_layernorm.weight"))?, eps)?;
         let gate = self.linear(&normed, &name("mlp.gate_proj.weight"))?;
         let up = self.linear(&normed, &name("mlp.up_proj.weight"))?;
-        x + self.linear(&swiglu(&gate, &up)?, &name("mlp.down_proj.weight"))?
+        let activated = match self.ops {
+            OpsPath::Fused => fused::swiglu::swiglu(&gate, &up)?,
+            OpsPath::Reference => reference::swiglu(&gate, &up)?,
+        };
+        x + self.linear(&activated, &name("mlp.down_proj.weight"))?
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        match self.ops {
+            OpsPath::Fused => fused::norm::rms_norm(x, weight, eps),
+            OpsPath::Reference => reference::rms_norm(x, weight, eps),
+        }
+    }
+
+    /// `[len, n * head_dim]` -> `[len, n, head_dim]` (a view: the fused ops' layout).
+    fn heads_last(&self, t: &Tensor, n: usize) -> Result<Tensor> {
+        t.reshape((t.dim(0)?, n, self.config.head_dim()))
+    }
+
+    /// The attention of one layer over a packed row with the fused ops: `[len, heads * head_dim]`.
+    fn attend_packed(&self, q: Tensor, k: Tensor, v: Tensor, row: &PackedRow, positions: &[u32]) -> Result<Tensor> {
+        let (heads, kv_heads) = (self.config.num_attention_heads, self.config.kv_heads());
+        let q = fused::rope::rope(&self.heads_last(&q, heads)?, &self.rope, positions)?;
+        let k = fused::rope::rope(&self.heads_last(&k, kv_heads)?, &self.rope, positions)?;
+        let v = self.heads_last(&v, kv_heads)?;
+        let out = fused::attention::packed_attention(&q, &k, &v, &row.sequence_lengths)?;
+        out.reshape((out.dim(0)?, heads * self.config.head_dim()))
     }
 
     /// `[len, n * head_dim]` -> `[n, len, head_dim]`.
@@ -222,12 +303,42 @@ impl Student {
         t.transpose(0, 1)?.reshape((len, n * head_dim))
     }
 
+    /// Every token's position in its own sequence: 0, 1, .. restarting at each sequence.
+    fn positions(&self, row: &PackedRow) -> Result<Vec<u32>> {
+        let longest = row.sequence_lengths.iter().copied().max().unwrap_or(0);
+        if longest > self.rope.max_positions() {
+            candle_core::bail!(
+                "a sequence of {longest} tokens is longer than the model's max_position_embeddings ({})",
+                self.rope.max_positions()
+            );
+        }
+        Ok(row.sequence_lengths.iter().flat_map(|&len| 0..len as u32).collect())
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device)?;
+        self.weight("model.embed_tokens.weight")?.index_select(&ids, 0)
+    }
+
     /// Hidden states after the final norm for a packed row, `[len, hidden]`.
     pub fn forward_hidden(&self, row: &PackedRow) -> Result<Tensor> {
+        if self.ops == OpsPath::Reference {
+            return self.forward_hidden_reference(row);
+        }
+        let positions = self.positions(row)?;
+        let mut x = self.embed(&row.input_ids)?;
+        for layer in 0..self.config.num_hidden_layers {
+            x = self.layer(layer, &x, |q, k, v| self.attend_packed(q, k, v, row, &positions))?;
+        }
+        self.rms_norm(&x, &self.weight("model.norm.weight")?, self.config.rms_norm_eps)
+    }
+
+    /// [`Student::forward_hidden`] with the composite ops: attention one sequence at a time with
+    /// a causal mask built on the host.
+    fn forward_hidden_reference(&self, row: &PackedRow) -> Result<Tensor> {
         let cfg = &self.config;
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
-        let ids = Tensor::from_slice(&row.input_ids, row.input_ids.len(), &self.device)?;
-        let mut x = self.weight("model.embed_tokens.weight")?.index_select(&ids, 0)?;
+        let mut x = self.embed(&row.input_ids)?;
         let longest = row.sequence_lengths.iter().copied().max().unwrap_or(0);
         let rotary = RotaryTables::new(cfg.head_dim(), cfg.rope_theta, longest, self.compute_dtype, &self.device)?;
         for layer in 0..cfg.num_hidden_layers {
@@ -238,17 +349,17 @@ impl Student {
                 let mut start = 0;
                 for &len in &row.sequence_lengths {
                     let (cos, sin) = rotary.slice(0, len)?;
-                    let q = rope(&self.split_heads(&q.narrow(0, start, len)?, heads)?, &cos, &sin)?;
-                    let k = rope(&self.split_heads(&k.narrow(0, start, len)?, kv_heads)?, &cos, &sin)?;
+                    let q = reference::rope(&self.split_heads(&q.narrow(0, start, len)?, heads)?, &cos, &sin)?;
+                    let k = reference::rope(&self.split_heads(&k.narrow(0, start, len)?, kv_heads)?, &cos, &sin)?;
                     let v = self.split_heads(&v.narrow(0, start, len)?, kv_heads)?;
-                    let mask = causal_mask(len, 0, self.compute_dtype, &self.device)?;
-                    outputs.push(self.merge_heads(&attention(&q, &k, &v, Some(&mask))?)?);
+                    let mask = reference::causal_mask(len, 0, self.compute_dtype, &self.device)?;
+                    outputs.push(self.merge_heads(&reference::attention(&q, &k, &v, Some(&mask))?)?);
                     start += len;
                 }
                 Tensor::cat(&outputs, 0)
             })?;
         }
-        rms_norm(&x, &self.weight("model.norm.weight")?, cfg.rms_norm_eps)
+        reference::rms_norm(&x, &self.weight("model.norm.weight")?, cfg.rms_norm_eps)
     }
 
     /// Logits of every position of a packed row, `[len, vocab]` (tests and tools; training
@@ -266,45 +377,126 @@ impl Student {
             return Ok((Tensor::zeros((), DType::F32, &self.device)?, 0));
         }
         let hidden = self.forward_hidden(row)?;
+        Ok((self.head_loss(&hidden, positions, targets)?, count))
+    }
+
+    /// Cross-entropy summed over `targets`, predicted from the final hidden states at
+    /// `positions`.
+    fn head_loss(&self, hidden: &Tensor, positions: Vec<u32>, targets: Vec<u32>) -> Result<Tensor> {
+        let count = positions.len();
         let positions = Tensor::from_vec(positions, count, &self.device)?;
         let targets = Tensor::from_vec(targets, count, &self.device)?;
         let selected = hidden.index_select(&positions, 0)?;
-        let logits = self.linear(&selected, self.lm_head_name())?;
-        let wide = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        Ok((cross_entropy_sum(&logits.to_dtype(wide)?, &targets)?, count))
+        let lm_head = self.weight(self.lm_head_name())?;
+        match self.ops {
+            OpsPath::Fused => {
+                fused::cross_entropy::linear_cross_entropy(&selected, &lm_head, &targets, LOSS_CHUNK_ROWS)
+            }
+            OpsPath::Reference => {
+                let logits = selected.matmul(&lm_head.t()?)?;
+                let wide = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+                reference::cross_entropy_sum(&logits.to_dtype(wide)?, &targets)
+            }
+        }
+    }
+
+    /// The gradients of `scale` x the row's summed cross-entropy, handed to `sink` in parts
+    /// (each a `GradStore` holding some of the weights' gradients; a weight may appear in
+    /// several parts, which add up: the tied embedding is both the input and the lm_head).
+    /// Returns the scaled loss and the row's target count.
+    ///
+    /// With layer recomputation the forward keeps only each layer's input (detached); the
+    /// backward then runs the head, then each layer from the last, recomputing the layer from
+    /// its input and back-propagating the incoming gradient through it with
+    /// `backward(sum(output * incoming))`, whose gradient with respect to the layer's input is
+    /// the next incoming gradient.
+    pub fn row_gradients(
+        &self,
+        row: &PackedRow,
+        scale: f64,
+        sink: &mut dyn FnMut(&GradStore) -> Result<()>,
+    ) -> Result<(f64, usize)> {
+        let (target_positions, targets) = row.targets();
+        let count = target_positions.len();
+        if count == 0 {
+            return Ok((0.0, 0));
+        }
+        if !self.recompute_layers || self.ops == OpsPath::Reference {
+            let (loss, _) = self.loss_sum(row)?;
+            let scaled = (loss * scale)?;
+            sink(&scaled.backward()?)?;
+            return Ok((scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?, count));
+        }
+        let positions = self.positions(row)?;
+        let layers = self.config.num_hidden_layers;
+        // Forward: each layer's input, detached, so every intermediate is freed as it goes.
+        let mut inputs = Vec::with_capacity(layers + 1);
+        inputs.push(self.embed(&row.input_ids)?.detach());
+        for layer in 0..layers {
+            let x = self.layer(layer, &inputs[layer], |q, k, v| self.attend_packed(q, k, v, row, &positions))?;
+            inputs.push(x.detach());
+        }
+        // The head: final norm, lm_head and cross-entropy, from the last layer's output.
+        let last = Var::from_tensor(&inputs[layers])?;
+        let hidden = self.rms_norm(last.as_tensor(), &self.weight("model.norm.weight")?, self.config.rms_norm_eps)?;
+        let scaled = (self.head_loss(&hidden, target_positions, targets)? * scale)?;
+        let loss = scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let grads = scaled.backward()?;
+        let mut incoming = grads.get(last.as_tensor()).expect("the head depends on its input").clone();
+        sink(&grads)?;
+        drop(grads);
+        // Each layer from the last: recompute it, back-propagate the incoming gradient.
+        for layer in (0..layers).rev() {
+            let input = Var::from_tensor(&inputs[layer])?;
+            let output =
+                self.layer(layer, input.as_tensor(), |q, k, v| self.attend_packed(q, k, v, row, &positions))?;
+            let grads = (output * &incoming)?.sum_all()?.backward()?;
+            incoming = grads.get(input.as_tensor()).expect("a layer depends on its input").clone();
+            sink(&grads)?;
+            inputs.truncate(layer);
+        }
+        // The embedding: the rows of the input tokens receive the first layer's gradient.
+        let embedded = self.embed(&row.input_ids)?;
+        sink(&(embedded * &incoming)?.sum_all()?.backward()?)?;
+        Ok((loss, count))
     }
 
     /// Feeds `tokens` after the positions already in `cache` and returns the logits of the
-    /// last one, `[vocab]` (f32).
+    /// last one, `[vocab]` (f32). Only the new positions go through the model; they attend to
+    /// the cached keys and values.
     pub fn forward_cached(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let cfg = &self.config;
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
         let (past, len) = (cache.len(), tokens.len());
+        if past + len > self.rope.max_positions() {
+            candle_core::bail!(
+                "{} positions exceed the model's max_position_embeddings ({})",
+                past + len,
+                self.rope.max_positions()
+            );
+        }
         if cache.layers.is_empty() {
             cache.layers = vec![None; cfg.num_hidden_layers];
         }
-        let ids = Tensor::from_slice(tokens, len, &self.device)?;
-        let mut x = self.weight("model.embed_tokens.weight")?.index_select(&ids, 0)?;
-        let rotary = RotaryTables::new(cfg.head_dim(), cfg.rope_theta, past + len, self.compute_dtype, &self.device)?;
-        let (cos, sin) = rotary.slice(past, len)?;
-        let mask = if len > 1 { Some(causal_mask(len, past, self.compute_dtype, &self.device)?) } else { None };
+        let positions: Vec<u32> = (past as u32..(past + len) as u32).collect();
+        let mut x = self.embed(tokens)?;
         for layer in 0..cfg.num_hidden_layers {
             let cached = &mut cache.layers[layer];
             x = self.layer(layer, &x, |q, k, v| {
-                let q = rope(&self.split_heads(&q, heads)?, &cos, &sin)?;
-                let k = rope(&self.split_heads(&k, kv_heads)?, &cos, &sin)?;
-                let v = self.split_heads(&v, kv_heads)?;
+                let q = fused::rope::rope(&self.heads_last(&q, heads)?, &self.rope, &positions)?;
+                let k = fused::rope::rope(&self.heads_last(&k, kv_heads)?, &self.rope, &positions)?;
+                let v = self.heads_last(&v, kv_heads)?;
                 let (k, v) = match cached.take() {
-                    Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 1)?, Tensor::cat(&[&past_v, &v], 1)?),
-                    None => (k, v),
+                    Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 0)?, Tensor::cat(&[&past_v, &v], 0)?),
+                    None => (k.contiguous()?, v.contiguous()?),
                 };
-                let out = attention(&q, &k, &v, mask.as_ref())?;
+                let out = fused::attention::cached_attention(&q, &k, &v, past)?;
                 *cached = Some((k, v));
-                self.merge_heads(&out)
+                out.reshape((len, heads * cfg.head_dim()))
             })?;
         }
         let last = x.narrow(0, len - 1, 1)?;
-        let hidden = rms_norm(&last, &self.weight("model.norm.weight")?, cfg.rms_norm_eps)?;
+        let hidden = self.rms_norm(&last, &self.weight("model.norm.weight")?, cfg.rms_norm_eps)?;
         self.linear(&hidden, self.lm_head_name())?.squeeze(0)?.to_dtype(DType::F32)
     }
 }

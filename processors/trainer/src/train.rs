@@ -280,14 +280,10 @@ pub fn batch_gradients<'a>(
     let mut grads = GradAccumulator::default();
     let mut loss_total = 0.0;
     if completion_tokens > 0 {
+        let scale = 1.0 / completion_tokens as f64;
         for row in rows {
-            let (loss, count) = student.loss_sum(row)?;
-            if count == 0 {
-                continue;
-            }
-            let scaled = (loss / completion_tokens as f64)?;
-            loss_total += scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            grads.add(student.parameters(), &scaled.backward()?)?;
+            let (loss, _) = student.row_gradients(row, scale, &mut |part| grads.add(student.parameters(), part))?;
+            loss_total += loss;
         }
     }
     Ok((loss_total, grads))

@@ -6,6 +6,7 @@ mod packer;
 mod runtime;
 mod sampler;
 mod trainer;
+mod trainer_memory;
 
 use std::path::PathBuf;
 
@@ -75,6 +76,10 @@ pub enum Bench {
     /// A tiny model learns the trainer test's synthetic packed dataset on --device: exits
     /// non-zero unless the loss falls by more than half (part of scripts/gpu-check.sh).
     TrainerLearnCheck(trainer::LearnCheckArgs),
+    /// Peak memory and step time of one packed row per step on a real student (SmolLM2-135M),
+    /// by row length, with the fused ops (with and without layer recomputation) beside the
+    /// composite reference ops in the same run; each case in its own process.
+    TrainerMemory(trainer_memory::TrainerMemoryArgs),
 }
 
 pub async fn run(which: Bench) -> anyhow::Result<()> {
@@ -90,6 +95,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Trainer(args) => trainer::run(args),
         Bench::TrainerOpsCheck(args) => trainer::ops_check(args),
         Bench::TrainerLearnCheck(args) => trainer::learn_check(args),
+        Bench::TrainerMemory(args) => trainer_memory::run(args),
     }
 }
 

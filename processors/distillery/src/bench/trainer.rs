@@ -78,6 +78,10 @@ pub struct TrainerBenchArgs {
     /// sides run the same model.
     #[arg(long)]
     pub same_weights: bool,
+    /// Recompute each layer in backward (the trainer's default, for memory) instead of keeping
+    /// the whole graph as PyTorch eager does: costs about one more forward per step.
+    #[arg(long)]
+    pub recompute_layers: bool,
     /// CPU threads for both sides (candle through RAYON_NUM_THREADS, torch through
     /// torch.set_num_threads). Default: each library's own (the physical cores).
     #[arg(long)]
@@ -264,8 +268,11 @@ fn measure_distillery(
     warmup: usize,
     seed: u64,
     save_weights: Option<&std::path::Path>,
+    recompute_layers: bool,
 ) -> anyhow::Result<Measured> {
-    let student = Student::random(config.clone(), seed, DType::F32, device)?.with_compute_dtype(dtype);
+    let student = Student::random(config.clone(), seed, DType::F32, device)?
+        .with_compute_dtype(dtype)
+        .with_layer_recompute(recompute_layers);
     if let Some(path) = save_weights {
         std::fs::write(path, distillery_trainer::checkpoint::safetensors_bytes(&student.tensors())?)?;
     }
@@ -503,10 +510,11 @@ pub fn run(args: TrainerBenchArgs) -> anyhow::Result<()> {
     };
 
     println!(
-        "distillery bench trainer: device {}, {} compute (f32 master weights and AdamW moments), {rows} rows x {row_tokens} tokens per step, ~{} sequences per row, ~88% completion tokens, {steps} timed steps after {warmup} warm-up",
+        "distillery bench trainer: device {}, {} compute (f32 master weights and AdamW moments), {rows} rows x {row_tokens} tokens per step, ~{} sequences per row, ~88% completion tokens, {steps} timed steps after {warmup} warm-up, layer recomputation {}",
         args.device,
         dtype_name(dtype),
-        args.sequences_per_row
+        args.sequences_per_row,
+        if args.recompute_layers { "on" } else { "off (as PyTorch eager)" }
     );
     println!("peak {:.3} TFLOP/s: {peak_note}", peak / 1e12);
     println!(
@@ -536,7 +544,17 @@ pub fn run(args: TrainerBenchArgs) -> anyhow::Result<()> {
         let tokens: usize = packed.iter().map(|r| r.input_ids.len()).sum();
         let weights_dir = tempfile::tempdir()?;
         let weights = args.same_weights.then(|| weights_dir.path().join("init.safetensors"));
-        let ours = measure_distillery(config, &packed, &device, dtype, steps, warmup, args.seed, weights.as_deref())?;
+        let ours = measure_distillery(
+            config,
+            &packed,
+            &device,
+            dtype,
+            steps,
+            warmup,
+            args.seed,
+            weights.as_deref(),
+            args.recompute_layers,
+        )?;
         let baseline = if args.no_baseline {
             Baseline::Missing("skipped with --no-baseline".into())
         } else {
