@@ -130,12 +130,12 @@ impl ModelConfig {
         );
         self.refuse_unmodelled_fields()?;
         anyhow::ensure!(
-            self.num_attention_heads % self.kv_heads() == 0,
+            self.num_attention_heads.is_multiple_of(self.kv_heads()),
             "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
             self.num_attention_heads,
             self.kv_heads()
         );
-        anyhow::ensure!(self.head_dim() % 2 == 0, "head_dim must be even for rotary embeddings");
+        anyhow::ensure!(self.head_dim().is_multiple_of(2), "head_dim must be even for rotary embeddings");
         anyhow::ensure!(
             self.vocab_size > 0 && self.num_hidden_layers > 0,
             "vocab_size and num_hidden_layers must be > 0"

@@ -225,7 +225,7 @@ impl AddAssign {
         let src = view::<T>(src, ls, "add_assign")?;
         dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
             for (d, s) in d.iter_mut().zip(s) {
-                *d = *d + *s;
+                *d += *s;
             }
         });
         Ok(())
