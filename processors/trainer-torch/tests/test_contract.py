@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from distillery_torch import objects
-from distillery_torch.kafka import RetriesExhausted, retry_for
+from distillery_torch.feed import Failed, ShardFeed
+from distillery_torch.kafka import Connection, Publisher, ReadRecord
+from distillery_torch.records import Cursor
 from harness import (
     Broker, experiment_topics, final_event, publish_shards, records, run_events, run_metrics, start_engine,
     synthetic_rows, topology, trainer_state, wait_until,
@@ -29,6 +34,14 @@ CONFIG = {
     "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
     "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": False,
 }
+
+
+@pytest.fixture
+def free_port() -> Iterator[int]:
+    """A loopback port nothing listens on (held bound, not listening, for the test)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
 
 
 def trainer_settings(s3_prefix: str, **extra: Any) -> dict[str, Any]:
@@ -49,6 +62,8 @@ def step_uri(s3_prefix: str, step: int) -> str:
 
 
 def test_a_bounded_retry_gives_up_after_read_retry_secs_naming_what_failed_and_for_how_long() -> None:
+    from distillery_torch.kafka import RetriesExhausted, retry_for
+
     attempts = []
 
     def unreachable() -> None:
@@ -61,6 +76,30 @@ def test_a_bounded_retry_gives_up_after_read_retry_secs_naming_what_failed_and_f
         retry_for("reading x.shards", unreachable, 2, lambda: False)
     assert 2.0 <= time.monotonic() - started < 4.0 and len(attempts) >= 3, "backoff from 0.5 s, within the budget"
     assert retry_for("reading x.shards", unreachable, 60, lambda: True) is None, "a stop request ends the retries"
+
+
+def test_with_no_broker_the_feed_fails_and_a_dead_letter_gives_up_after_read_retry_secs(free_port: int) -> None:
+    from distillery_torch.kafka import RetriesExhausted
+
+    nowhere = Connection(f"127.0.0.1:{free_port}", {})
+    publisher = Publisher(nowhere, "trainer", "0", {}, "x.dead-letters")
+    source = ReadRecord(partition=0, offset=7, key="k", payload=b"not a manifest", headers={})
+    started = time.monotonic()
+    with pytest.raises(RetriesExhausted, match=r"cannot dead-letter x\.shards offset 7: .*kept failing for"):
+        publisher.dead_letter("x.shards", source, "USER", "not a manifest", within=2)
+    assert time.monotonic() - started < 6
+
+    started = time.monotonic()
+    stop = threading.Event()
+    feed = ShardFeed(nowhere, publisher, "x.shards", Cursor(), [], set(), 32, 1, 1, 0.5, stop, read_retry_secs=2)
+    item = None
+    while item is None and time.monotonic() - started < 60:
+        item = feed.next(0.5)
+    stop.set()
+    assert isinstance(item, Failed), f"never idle, never complete: {item}"
+    assert re.search(r"opening x\.shards kept failing for [\d.]+ s \(read_retry_secs = 2\)", item.error), item.error
+    assert time.monotonic() - started < 30
+    publisher.abandon()
 
 
 def test_a_broker_that_goes_away_ends_every_rank_non_zero_with_a_non_final_checkpoint_and_a_restart_completes_the_run(
