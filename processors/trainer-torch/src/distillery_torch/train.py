@@ -419,7 +419,7 @@ def fail(
 ) -> NoReturn:
     """Every rank's end of a run that cannot go on: the non-final checkpoint the plan asks for
     (rank 0 publishes its event, trying for `read_retry_secs`: the broker may be what failed),
-    then `EngineFailure`, so that the process, and torchrun, exit non-zero."""
+    then, with the other ranks, `EngineFailure`, so that the process, and torchrun, exit non-zero."""
     settings = r.settings
     if plan.checkpoint is not None:
         state.is_final = False
@@ -439,6 +439,9 @@ def fail(
                 )
     if leader is not None:
         leader.publisher.abandon()  # records the broker did not take are not waited for
+    # The ranks exit together: none ends (and has torchrun stop the others) while rank 0 still
+    # publishes the checkpoint's event.
+    dist.barrier(group=r.control)
     raise EngineFailure(f"the run cannot go on: {plan.error}")
 
 
