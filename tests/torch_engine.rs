@@ -68,6 +68,7 @@ pytest_files! {
     pytest_world_sizes_one_and_two_agree => "test_world_sizes.py",
     pytest_kill_nine_and_resume_is_bit_identical => "test_kill_resume.py",
     pytest_feed_dedup_and_bad_shards => "test_feed.py",
+    pytest_trainer_contract_broker_outage_and_lost_position => "test_contract.py",
     pytest_nemotron_h_packed => "test_nemotron_h.py",
     pytest_bench => "test_bench.py",
     pytest_gpu_check_dry_run => "test_gpu_check.py",

@@ -57,24 +57,36 @@ def nisshi_binary() -> str:
 
 
 class Broker:
-    """A Nisshi broker with an in-memory store."""
+    """A Nisshi broker with an in-memory store, or with `store` (a sqlite file): then its topics
+    and records survive `kill` and `restart`, as with the Rust harness's `BrokerStore::Sqlite`."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, store: Path | None = None) -> None:
         self.port = free_port()
+        self.log_path = log_path
+        self.store = store
+        self._start()
+
+    def _start(self) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
-        self.log = open(log_path, "ab")
+        self.log = open(self.log_path, "ab")
+        if self.store is None:
+            engine, cwd = "memory://nisshi/", None
+        else:
+            # The sqlite URL is relative to the broker's working directory.
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            engine, cwd = f"sqlite://{self.store.name}", self.store.parent
         try:
             self.process = subprocess.Popen(
                 [nisshi_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--group-initial-rebalance-delay", "1s", "--storage-engine", "memory://nisshi/"],
-                stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                 "--group-initial-rebalance-delay", "1s", "--storage-engine", engine],
+                stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, cwd=cwd,
             )
         except FileNotFoundError as e:
             raise AssertionError(f"the local broker is not installed ({e}); run .ci/install-tools") from e
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "broker.address.family": "v4"})
 
         def answers() -> bool:
-            assert self.process.poll() is None, f"the broker exited during start-up; see {log_path}"
+            assert self.process.poll() is None, f"the broker exited during start-up; see {self.log_path}"
             try:
                 admin.list_topics(timeout=1)
                 return True
@@ -82,6 +94,11 @@ class Broker:
                 return False
 
         wait_until("the broker", 30, answers)
+
+    def restart(self) -> None:
+        """Starts the broker again on the same port (after `stop`)."""
+        self.stop()
+        self._start()
 
     @property
     def bootstrap_servers(self) -> str:

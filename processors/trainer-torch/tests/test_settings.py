@@ -77,3 +77,15 @@ def test_the_candle_trainers_checks_and_the_torch_tables(edit: str, message: str
     text = "\n".join(f"{k} = {v}" for k, v in values.items())
     with pytest.raises(SettingsError, match=message):
         parse(text)
+
+
+def test_read_retry_secs_is_accepted_with_the_candle_trainers_default_and_typos_stay_refused() -> None:
+    base = 'engine = "torch"\nstudent = "random"\nmodel_config = "c.json"\nstyle = "s"\ncheckpoint_store = "ck"\n'
+    assert parse(base).read_retry_secs == 300
+    assert parse(base + "read_retry_secs = 3\n").read_retry_secs == 3
+    with pytest.raises(SettingsError, match="unknown field `read_retry_sec`"):
+        parse(base + "read_retry_sec = 3\n")
+    with pytest.raises(SettingsError, match="read_retry_secs -1 must be >= 0"):
+        parse(base + "read_retry_secs = -1\n")
+    with pytest.raises(SettingsError, match="settings.read_retry_secs must be a int"):
+        parse(base + 'read_retry_secs = "3"\n')

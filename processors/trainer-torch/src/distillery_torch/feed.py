@@ -15,6 +15,12 @@ For each manifest, in offset order:
 
 A dead letter is acknowledged by the broker before the offset is passed, so no checkpoint can
 ever be past an offset whose decision a restart could not find.
+
+The feed never ends a run as if its input were exhausted because of a failure: opening or
+polling the topic (an unreachable broker, a missing topic) or sending a dead letter that keeps
+failing for `read_retry_secs` ends the feed with `Failed`, and so does a saved position the topic
+no longer has (at once: `PositionGone`). While the topic yields nothing the broker is asked for
+its watermarks every `PROBE_EVERY_SECS`, so that an outage is told apart from an idle topic.
 """
 
 from __future__ import annotations
@@ -28,12 +34,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from . import avro, objects
-from .kafka import Connection, OrderedReader, Publisher, ReadRecord, read_to_end, retry_forever
+from .kafka import Connection, OrderedReader, Publisher, ReadRecord, RetriesExhausted, read_to_end, retry_for
 from .records import Cursor
 from .shards import PackedRow, ShardError, read_shard, rows_of
 
 log = logging.getLogger(__name__)
+
+PROBE_EVERY_SECS = 1.0
+"""While no record arrives, how often the broker is asked for the topic's watermarks."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,12 @@ class ShardFeed:
         fetch_attempts: int,
         idle_after: float | None,
         stop: threading.Event,
+        resumed: bool = False,
+        read_retry_secs: float = 300.0,
     ) -> None:
+        """`resumed`: the run resumes from a checkpoint, so reading starts at `cursor` exactly
+        (a position the topic no longer has is refused); else at the topic's earliest record.
+        `read_retry_secs`: how long reading or dead-lettering may keep failing."""
         self.connection = connection
         self.publisher = publisher
         self.topic = topic
@@ -118,17 +134,25 @@ class ShardFeed:
         self.fetch_attempts = max(fetch_attempts, 1)
         self.idle_after = idle_after
         self.stop = stop
+        self.resumed = resumed
+        self.read_retry_secs = read_retry_secs
         self.items: queue.Queue[FeedItem] = queue.Queue(maxsize=1)
         self.pool = ThreadPoolExecutor(max_workers=self.read_ahead, thread_name_prefix="shard-fetch")
         self.thread = threading.Thread(target=self._run, name="shard-feed", daemon=True)
         self.thread.start()
 
     def next(self, timeout: float) -> FeedItem | None:
-        """The next item, or None if none is ready within `timeout` seconds."""
+        """The next item, or None if none is ready within `timeout` seconds. A feed whose
+        thread ended without a last item is `Failed`, never mistaken for an idle topic."""
         try:
             return self.items.get(timeout=timeout)
         except queue.Empty:
-            return None
+            if self.thread.is_alive() or self.stop.is_set():
+                return None
+        try:
+            return self.items.get_nowait()
+        except queue.Empty:
+            return Failed("the shard feed stopped without a result")
 
     # --- the feed thread -------------------------------------------------------------------
     def _emit(self, item: FeedItem) -> None:
@@ -148,22 +172,50 @@ class ShardFeed:
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
+    def _probe_timeout(self) -> float:
+        return min(max(self.read_retry_secs, 1.0), 5.0)
+
     def _feed(self) -> None:
-        reader: OrderedReader = retry_forever(
-            f"opening {self.topic}", lambda: OrderedReader(self.connection, self.topic, self.cursor.next_offset), self.stop.is_set
+        start = self.cursor.next_offset if self.resumed else None
+        reader = retry_for(
+            f"opening {self.topic}",
+            lambda: OrderedReader(self.connection, self.topic, start, self._probe_timeout()),
+            self.read_retry_secs,
+            self.stop.is_set,
         )
         if reader is None:
             return
         window: deque[tuple[ReadRecord, Any]] = deque()
-        last_record = time.monotonic()
+        last_record = last_probe = time.monotonic()
+        failing_since: float | None = None
+
+        def failing(error: Exception) -> None:
+            """Counts a failed read against `read_retry_secs` (then gives up)."""
+            nonlocal failing_since
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = now
+            elapsed = now - failing_since
+            if elapsed >= self.read_retry_secs:
+                raise RetriesExhausted(
+                    f"reading {self.topic} kept failing for {elapsed:.1f} s "
+                    f"(read_retry_secs = {self.read_retry_secs:g}); giving up: {error}"
+                ) from error
+            log.warning("reading %s failed (retrying for up to %g s): %s", self.topic, self.read_retry_secs, error)
+            time.sleep(min(0.5, max(self.read_retry_secs - elapsed, 0.0)))
+
         try:
             while not self.stop.is_set():
                 # Keep up to `read_ahead` shards fetching ahead of the one handed out next.
                 while len(window) < self.read_ahead:
-                    record = reader.next(0.0 if window else 0.5)
+                    try:
+                        record = reader.next(0.0 if window else 0.5)
+                    except KafkaException as e:
+                        failing(e)
+                        break
                     if record is None:
                         break
-                    last_record = time.monotonic()
+                    last_record, failing_since = time.monotonic(), None
                     window.append((record, self._prepare(record)))
                 if window:
                     record, prepared = window[0]
@@ -172,7 +224,19 @@ class ShardFeed:
                         continue
                     window.popleft()
                     self._emit(self._resolve(record, prepared))
-                elif self.idle_after is not None and time.monotonic() - last_record >= self.idle_after:
+                    continue
+                # Nothing to hand out: is the topic idle, or is the broker gone? Idle is decided
+                # only right after the broker answered.
+                if time.monotonic() - last_probe < PROBE_EVERY_SECS and failing_since is None:
+                    continue
+                last_probe = time.monotonic()
+                try:
+                    reader.check(self._probe_timeout())
+                except KafkaException as e:
+                    failing(e)
+                    continue
+                failing_since = None
+                if self.idle_after is not None and time.monotonic() - last_record >= self.idle_after:
                     self._emit(Idle())
                     return
         finally:
@@ -215,7 +279,9 @@ class ShardFeed:
         return Shard(record.offset, manifest_id, rows)
 
     def _dead_letter(self, record: ReadRecord, error_class: str, reason: str) -> FeedItem:
-        self.publisher.dead_letter(self.topic, record, error_class, reason)
+        # A dead letter the broker does not take within `read_retry_secs` fails the feed (the
+        # offset is not passed, so a restart decides it again).
+        self.publisher.dead_letter(self.topic, record, error_class, reason, within=self.read_retry_secs)
         self.dead_lettered.add(record.offset)
         return Skipped(record.offset)
 

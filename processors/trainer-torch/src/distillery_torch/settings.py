@@ -31,6 +31,7 @@ DEFAULT_DEVICE = "cpu"
 DEFAULT_COMPUTE_DTYPE = "auto"
 DEFAULT_READ_AHEAD_SHARDS = 2
 DEFAULT_FETCH_ATTEMPTS = 20
+DEFAULT_READ_RETRY_SECS = 300
 
 DEFAULT_PYTHON = "python3"
 DEFAULT_ATTENTION = "auto"
@@ -162,6 +163,11 @@ class TrainerSettings:
     stop_when_idle_secs: int | None = None
     """With no new shard for this long, train what is left as a last (partial) batch, write a
     final checkpoint and stop. Unset: wait for shards until `steps` are done."""
+    read_retry_secs: int = DEFAULT_READ_RETRY_SECS
+    """How long reading the shards topic (opening it, polling it, reading the run's checkpoint
+    events and dead letters) or sending a dead letter may keep failing before the trainer gives
+    up: it then checkpoints what it trained (non-final) and exits non-zero for its supervisor to
+    restart it. The run is never marked complete by a failure."""
     torch: TorchSettings = field(default_factory=TorchSettings)
     """The engine's own settings (the `[torch]` sub-table)."""
 
@@ -198,6 +204,8 @@ class TrainerSettings:
             raise SettingsError("steps, global_batch_rows and checkpoint_every_steps must be > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise SettingsError(f"warmup_ratio {self.warmup_ratio} is not in [0, 1)")
+        if self.read_retry_secs < 0:
+            raise SettingsError(f"read_retry_secs {self.read_retry_secs} must be >= 0")
         t = self.torch
         if t.nproc_per_node <= 0 or t.nnodes <= 0:
             raise SettingsError("torch.nproc_per_node and torch.nnodes must be > 0")

@@ -7,11 +7,16 @@ Kafka, is the source of truth. A run resumes from the newest `checkpoints` event
 at any world size: one partition, one reader, steps planned without regard to the number of
 ranks. SIGINT/SIGTERM (torchrun forwards them to every worker) end the run after the current
 step with a checkpoint; an unrecoverable failure exits non-zero and never writes a final
-checkpoint.
+checkpoint. Reading the input (or sending a dead letter) that keeps failing for
+`read_retry_secs` is such a failure: every rank writes its part of a non-final checkpoint if
+anything was trained since the last one, then every rank exits non-zero together (rank 0 sends
+the failure in the round's plans, or with the start-up broadcast), so none waits in a
+collective. A checkpoint whose position the topic no longer has is refused at start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,7 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -30,7 +35,7 @@ import torch.distributed as dist
 from . import avro, checkpoint, objects
 from .checkpoint import ExportSettings, TrainerState
 from .feed import ShardFeed, dead_lettered_offsets
-from .kafka import Connection, Publisher, read_to_end, retry_forever
+from .kafka import Connection, Publisher, read_to_end, retry_for
 from .model import PackedCausalLM, build_hf, config_from_json, load_pretrained, shard
 from .optim import LrSchedule, adamw
 from .packing import attention_kind
@@ -178,9 +183,11 @@ def initial_student(settings: TrainerSettings, scratch: Path) -> tuple[Any, torc
 
 
 # --- the run ----------------------------------------------------------------------------------
-def latest_checkpoint(connection: Connection, topic: str, run_id: str, stop: threading.Event) -> dict[str, Any] | None:
+def latest_checkpoint(
+    connection: Connection, topic: str, run_id: str, stop: threading.Event, retry_secs: float
+) -> dict[str, Any] | None:
     """The newest checkpoint event of this run (events follow complete uploads)."""
-    records = retry_forever(f"reading {topic}", lambda: read_to_end(connection, topic), stop.is_set) or []
+    records = retry_for(f"reading {topic}", lambda: read_to_end(connection, topic), retry_secs, stop.is_set) or []
     events = []
     for record in records:
         try:
@@ -238,7 +245,7 @@ def lead(r: Run, topology: Topology, bootstrap_override: str | None, replica: st
     outputs = topology.processor(r.processor).outputs
     ports = {port: (topology.topic_name(outputs[port]), kind) for port, kind in OUTPUTS.items()}
     publisher = Publisher(connection, r.processor, label, ports, topology.topic_name(DEAD_LETTERS))
-    latest = latest_checkpoint(connection, publisher.topic_of("checkpoints"), r.run_id, r.stop)
+    latest = latest_checkpoint(connection, publisher.topic_of("checkpoints"), r.run_id, r.stop, r.settings.read_retry_secs)
     scratch = Path(r.settings.torch.scratch_dir or os.environ.get("TMPDIR", "/tmp")) / "distillery-torch" / r.run_id.replace("/", ".")
     config, full, folder = initial_student(r.settings, scratch)
     files = tokenizer_files(r.settings, folder)
@@ -251,9 +258,19 @@ def _run(r: Run, topology: Topology, bootstrap_override: str | None, replica: st
     settings = r.settings
 
     # --- the student, sharded, and where the run stands ------------------------------------
-    leader = lead(r, topology, bootstrap_override, replica) if r.rank == 0 else None
+    # A failure of rank 0 here goes to every rank with the broadcast: all exit together.
+    leader: Leader | None = None
+    failure = ""
+    if r.rank == 0:
+        try:
+            leader = lead(r, topology, bootstrap_override, replica)
+        except Exception as e:
+            log.exception("starting the run failed")
+            failure = f"{type(e).__name__}: {e}"
     config_text = leader.config.to_json_string(use_diff=False) if leader is not None else ""
-    latest, config_text = broadcast((leader.latest if leader is not None else None, config_text), r)
+    latest, config_text, failure = broadcast((leader.latest if leader is not None else None, config_text, failure), r)
+    if failure:
+        raise EngineFailure(f"cannot start the run: {failure}")
     config = config_from_json(config_text)
     full = leader.full if leader is not None else None
     model = shard(config, full, r.device, r.bf16, settings.torch.activation_checkpointing, settings.torch.loss_chunk_tokens)
@@ -287,18 +304,25 @@ def _run(r: Run, topology: Topology, bootstrap_override: str | None, replica: st
     feed: ShardFeed | None = None
     if leader is not None:
         connection, publisher = leader.connection, leader.publisher
-        dead_lettered = retry_forever(
-            "reading the dead-letter topic",
-            lambda: dead_lettered_offsets(connection, publisher.dead_letter_topic, r.processor, r.input_topic),
-            r.stop.is_set,
-        ) or set()
-        idle_after = float(settings.stop_when_idle_secs) if settings.stop_when_idle_secs is not None else None
-        feed = ShardFeed(
-            connection, publisher, r.input_topic, state.cursor, state.shard_ids, dead_lettered, config.vocab_size,
-            settings.read_ahead_shards, settings.fetch_attempts, idle_after, r.stop,
-        )
         schedule = LrSchedule.of(settings)
         planner = Planner(state, settings.global_batch_rows, settings.steps, settings.checkpoint_every_steps, schedule.lr)
+        try:
+            dead_lettered = retry_for(
+                "reading the dead-letter topic",
+                lambda: dead_lettered_offsets(connection, publisher.dead_letter_topic, r.processor, r.input_topic),
+                settings.read_retry_secs,
+                r.stop.is_set,
+            ) or set()
+            idle_after = float(settings.stop_when_idle_secs) if settings.stop_when_idle_secs is not None else None
+            feed = ShardFeed(
+                connection, publisher, r.input_topic, state.cursor, state.shard_ids, dead_lettered, config.vocab_size,
+                settings.read_ahead_shards, settings.fetch_attempts, idle_after, r.stop,
+                resumed=latest is not None, read_retry_secs=float(settings.read_retry_secs),
+            )
+        except Exception as e:
+            # The other ranks are already in the loop: the first round's plans carry the failure.
+            log.exception("starting the shard feed failed")
+            planner.failure = f"{type(e).__name__}: {e}"
     last_checkpoint_step = latest["step"] if latest is not None else None
     return train_loop(r, model, optimizer, state, export, leader, planner, feed, last_checkpoint_step)
 
@@ -322,10 +346,13 @@ def train_loop(
         stop_flag = torch.tensor([1 if r.stop.is_set() else 0])
         dist.all_reduce(stop_flag, op=dist.ReduceOp.MAX, group=r.control)
         plans: list[Plan] | None = None
-        if planner is not None and feed is not None:
-            if not stop_flag.item():
+        if planner is not None:
+            if not stop_flag.item() and feed is not None:
                 planner.fill(feed, WAIT_ROUND_SECS)
             plans = planner.plan(r.world, bool(stop_flag.item()))
+            if plans[0].kind == FAIL and state.step > (last_checkpoint_step or 0):
+                # Keep what was trained since the last checkpoint (never as a final one).
+                plans = [dataclasses.replace(p, checkpoint="stop") for p in plans]
             uri = _checkpoint_target(plans[0], state, last_checkpoint_step, settings.checkpoint_store, r.run_id)
             for p in plans:
                 p.checkpoint, p.checkpoint_uri = (p.checkpoint, uri) if uri else (None, "")
@@ -335,7 +362,7 @@ def train_loop(
         if plan.kind == WAIT:
             continue
         if plan.kind == FAIL:
-            raise EngineFailure(plan.error)
+            fail(r, model, optimizer, state, export, leader, plan)
 
         # 2. The optimizer step, and its metrics.
         if plan.kind == STEP:
@@ -379,6 +406,43 @@ def train_loop(
                 leader.publisher.flush()
             log.info("stopped at step %d", plan.step)
             return 0
+
+
+def fail(
+    r: Run,
+    model: PackedCausalLM,
+    optimizer: torch.optim.Optimizer,
+    state: TrainerState,
+    export: ExportSettings,
+    leader: Leader | None,
+    plan: Plan,
+) -> NoReturn:
+    """Every rank's end of a run that cannot go on: the non-final checkpoint the plan asks for
+    (rank 0 publishes its event, trying for `read_retry_secs`: the broker may be what failed),
+    then, with the other ranks, `EngineFailure`, so that the process, and torchrun, exit non-zero."""
+    settings = r.settings
+    if plan.checkpoint is not None:
+        state.is_final = False
+        checkpoint.save(model, optimizer, state, plan.checkpoint_uri, export, settings.torch.scratch_dir, r.control)
+        if leader is not None:
+            event = checkpoint_event(
+                r.run_id, settings.style, state.step, plan.checkpoint_uri, r.input_topic, state.next_offset,
+                state.shards_consumed, state.tokens_seen, False,
+            )
+            try:
+                leader.publisher.publish("checkpoints", event, within=float(settings.read_retry_secs))
+                log.info("checkpoint step %d at %s (final: False), before exiting on the failure", state.step, plan.checkpoint_uri)
+            except Exception as e:
+                log.error(
+                    "checkpoint step %d is written at %s, but its event could not be published (%s): a restart "
+                    "resumes from the previous checkpoint event", state.step, plan.checkpoint_uri, e,
+                )
+    if leader is not None:
+        leader.publisher.abandon()  # records the broker did not take are not waited for
+    # The ranks exit together: none ends (and has torchrun stop the others) while rank 0 still
+    # publishes the checkpoint's event.
+    dist.barrier(group=r.control)
+    raise EngineFailure(f"the run cannot go on: {plan.error}")
 
 
 def _checkpoint_target(plan: Plan, state: TrainerState, last_step: int | None, store: str, run_id: str) -> str | None:
