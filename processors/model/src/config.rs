@@ -130,6 +130,14 @@ impl ModelConfig {
         );
         self.refuse_unmodelled_fields()?;
         anyhow::ensure!(
+            self.hidden_size > 0
+                && self.intermediate_size > 0
+                && self.num_attention_heads > 0
+                && self.kv_heads() > 0
+                && self.head_dim() > 0,
+            "hidden_size, intermediate_size, num_attention_heads, num_key_value_heads and head_dim must be > 0"
+        );
+        anyhow::ensure!(
             self.num_attention_heads.is_multiple_of(self.kv_heads()),
             "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
             self.num_attention_heads,

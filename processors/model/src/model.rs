@@ -17,6 +17,10 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Positions the RoPE tables hold at first (they grow by doubling).
+const INITIAL_ROPE_POSITIONS: usize = 4096;
 
 /// One packed row: several sequences laid end to end.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,8 +97,10 @@ pub struct Student {
     device: Device,
     /// Dtype of matmuls and activations: the weights' own dtype, or bf16 on GPUs.
     compute_dtype: DType,
-    /// cos/sin for every position the config allows, built once.
-    rope: RopeTables,
+    /// cos/sin tables, built once for the longest sequence seen so far and rebuilt (doubled)
+    /// only when a longer one comes: not for `max_position_embeddings` up front, which is a
+    /// million positions for some students.
+    rope: std::sync::RwLock<Arc<RopeTables>>,
     ops: OpsPath,
     /// Keep only each layer's input during a row's forward and recompute the layer in backward.
     recompute_layers: bool,
@@ -177,8 +183,8 @@ impl Student {
             anyhow::bail!("the weights have '{name}', which this {} config does not use", config.model_type);
         }
         let rope_dtype = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
-        let rope =
-            RopeTables::new(config.head_dim(), config.rope_theta, config.max_position_embeddings, rope_dtype, device)?;
+        let rope = RopeTables::new(config.head_dim(), config.rope_theta, INITIAL_ROPE_POSITIONS, rope_dtype, device)?;
+        let rope = std::sync::RwLock::new(Arc::new(rope));
         Ok(Student {
             config,
             params,
@@ -220,7 +226,8 @@ impl Student {
         &self.params
     }
 
-    /// A copy of every weight, for saving.
+    /// Every weight, detached from the graph, for saving. They share storage with the weights,
+    /// which the optimizer updates in place: save them before the next step.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
         self.params.iter().map(|(name, var)| (name.clone(), var.as_tensor().detach())).collect()
     }
@@ -281,11 +288,29 @@ impl Student {
         t.reshape((t.dim(0)?, n, self.config.head_dim()))
     }
 
+    /// RoPE tables holding at least `positions` positions.
+    fn rope_tables(&self, positions: usize) -> Result<Arc<RopeTables>> {
+        let current = self.rope.read().expect("the tables' lock is never poisoned").clone();
+        if positions <= current.max_positions() {
+            return Ok(current);
+        }
+        let mut held = self.rope.write().expect("the tables' lock is never poisoned");
+        if positions > held.max_positions() {
+            let size = positions.next_power_of_two();
+            let dtype = if self.compute_dtype == DType::F64 { DType::F64 } else { DType::F32 };
+            *held =
+                Arc::new(RopeTables::new(self.config.head_dim(), self.config.rope_theta, size, dtype, &self.device)?);
+        }
+        Ok(held.clone())
+    }
+
     /// The attention of one layer over a packed row with the fused ops: `[len, heads * head_dim]`.
     fn attend_packed(&self, q: Tensor, k: Tensor, v: Tensor, row: &PackedRow, positions: &[u32]) -> Result<Tensor> {
         let (heads, kv_heads) = (self.config.num_attention_heads, self.config.kv_heads());
-        let q = fused::rope::rope(&self.heads_last(&q, heads)?, &self.rope, positions)?;
-        let k = fused::rope::rope(&self.heads_last(&k, kv_heads)?, &self.rope, positions)?;
+        let longest = row.sequence_lengths.iter().copied().max().unwrap_or(0);
+        let tables = self.rope_tables(longest)?;
+        let q = fused::rope::rope(&self.heads_last(&q, heads)?, &tables, positions)?;
+        let k = fused::rope::rope(&self.heads_last(&k, kv_heads)?, &tables, positions)?;
         let v = self.heads_last(&v, kv_heads)?;
         let out = fused::attention::packed_attention(&q, &k, &v, &row.sequence_lengths)?;
         out.reshape((out.dim(0)?, heads * self.config.head_dim()))
@@ -305,11 +330,11 @@ impl Student {
 
     /// Every token's position in its own sequence: 0, 1, .. restarting at each sequence.
     fn positions(&self, row: &PackedRow) -> Result<Vec<u32>> {
-        let longest = row.sequence_lengths.iter().copied().max().unwrap_or(0);
-        if longest > self.rope.max_positions() {
+        if row.sequence_lengths.iter().sum::<usize>() != row.input_ids.len() {
             candle_core::bail!(
-                "a sequence of {longest} tokens is longer than the model's max_position_embeddings ({})",
-                self.rope.max_positions()
+                "the row's sequence lengths add up to {}, it has {} tokens",
+                row.sequence_lengths.iter().sum::<usize>(),
+                row.input_ids.len()
             );
         }
         Ok(row.sequence_lengths.iter().flat_map(|&len| 0..len as u32).collect())
@@ -468,13 +493,10 @@ impl Student {
         let cfg = &self.config;
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
         let (past, len) = (cache.len(), tokens.len());
-        if past + len > self.rope.max_positions() {
-            candle_core::bail!(
-                "{} positions exceed the model's max_position_embeddings ({})",
-                past + len,
-                self.rope.max_positions()
-            );
+        if len == 0 {
+            candle_core::bail!("forward_cached needs at least one new token");
         }
+        let tables = self.rope_tables(past + len)?;
         if cache.layers.is_empty() {
             cache.layers = vec![None; cfg.num_hidden_layers];
         }
@@ -483,8 +505,8 @@ impl Student {
         for layer in 0..cfg.num_hidden_layers {
             let cached = &mut cache.layers[layer];
             x = self.layer(layer, &x, |q, k, v| {
-                let q = fused::rope::rope(&self.heads_last(&q, heads)?, &self.rope, &positions)?;
-                let k = fused::rope::rope(&self.heads_last(&k, kv_heads)?, &self.rope, &positions)?;
+                let q = fused::rope::rope(&self.heads_last(&q, heads)?, &tables, &positions)?;
+                let k = fused::rope::rope(&self.heads_last(&k, kv_heads)?, &tables, &positions)?;
                 let v = self.heads_last(&v, kv_heads)?;
                 let (k, v) = match cached.take() {
                     Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 0)?, Tensor::cat(&[&past_v, &v], 0)?),

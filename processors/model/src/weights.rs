@@ -3,32 +3,62 @@
 
 use crate::config::ModelConfig;
 use candle_core::{DType, Device, Tensor};
-use safetensors::tensor::TensorView;
+use safetensors::tensor::View;
 use safetensors::{Dtype, SafeTensors};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
+/// One tensor as safetensors reads it: its bytes are made only when the file is written, one
+/// tensor at a time, so saving holds the file plus one tensor, not every tensor twice.
+struct LazyBytes {
+    tensor: Tensor,
+    dtype: Dtype,
+}
+
+impl View for LazyBytes {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        self.tensor.dims()
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        // The tensor is on the CPU with a dtype checked in `safetensors_bytes`: converting it
+        // cannot fail, and the trait has no way to return an error.
+        let flat = self.tensor.flatten_all().expect("a CPU tensor flattens");
+        let bytes: Vec<u8> = match self.dtype {
+            Dtype::F32 => flat.to_vec1::<f32>().expect("checked f32").iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::F64 => flat.to_vec1::<f64>().expect("checked f64").iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => flat
+                .to_vec1::<half::bf16>()
+                .expect("checked bf16")
+                .iter()
+                .flat_map(|v| v.to_bits().to_le_bytes())
+                .collect(),
+        };
+        Cow::Owned(bytes)
+    }
+
+    fn data_len(&self) -> usize {
+        self.tensor.elem_count() * self.dtype.bitsize() / 8
+    }
+}
+
 /// safetensors bytes of named tensors (sorted by name; f32, bf16 or f64 kept as they are).
 pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> anyhow::Result<Vec<u8>> {
-    let mut buffers = Vec::with_capacity(tensors.len());
+    let mut views = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
-        let tensor = tensor.to_device(&Device::Cpu)?.flatten_all()?;
-        let (dtype, bytes) = match tensor.dtype() {
-            DType::F32 => (Dtype::F32, tensor.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::F64 => (Dtype::F64, tensor.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            DType::BF16 => (
-                Dtype::BF16,
-                tensor.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect::<Vec<u8>>(),
-            ),
+        let dtype = match tensor.dtype() {
+            DType::F32 => Dtype::F32,
+            DType::F64 => Dtype::F64,
+            DType::BF16 => Dtype::BF16,
             other => anyhow::bail!("cannot save '{name}' of dtype {other:?}"),
         };
-        buffers.push((name.clone(), dtype, bytes));
+        views.push((name.as_str(), LazyBytes { tensor: tensor.to_device(&Device::Cpu)?, dtype }));
     }
-    let shapes: HashMap<&str, Vec<usize>> = tensors.iter().map(|(n, t)| (n.as_str(), t.dims().to_vec())).collect();
-    let views = buffers
-        .iter()
-        .map(|(name, dtype, bytes)| Ok((name.as_str(), TensorView::new(*dtype, shapes[name.as_str()].clone(), bytes)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     Ok(safetensors::tensor::serialize(views, Some(metadata))?)
 }

@@ -112,13 +112,46 @@ fn cached_generation_equals_the_whole_sequence_at_every_step() {
     }
 }
 
+/// The RoPE tables start small and grow for a longer sequence, which trains and generates
+/// exactly as it would from tables built that long at the start.
 #[test]
-fn a_sequence_longer_than_the_models_positions_is_an_error() {
-    let config = ModelConfig { max_position_embeddings: 4, ..micro_config() };
-    let student = Student::random(config, 1, DType::F32, &Device::Cpu).unwrap();
-    let row = PackedRow { input_ids: vec![1; 6], loss_mask: vec![1; 6], sequence_lengths: vec![3, 3] };
-    assert!(student.loss_sum(&row).is_ok(), "two sequences of 3 fit 4 positions");
-    let long = PackedRow { input_ids: vec![1; 6], loss_mask: vec![1; 6], sequence_lengths: vec![6] };
-    let error = student.loss_sum(&long).unwrap_err().to_string();
-    assert!(error.contains("max_position_embeddings"), "{error}");
+fn a_sequence_longer_than_the_first_rope_tables_gets_grown_tables() {
+    let student = Student::random(micro_config(), 1, DType::F32, &Device::Cpu).unwrap();
+    let long = PackedRow { input_ids: vec![1; 5000], loss_mask: vec![1; 5000], sequence_lengths: vec![5000] };
+    let (loss, count) = student.loss_sum(&long).unwrap();
+    assert_eq!(count, 4999);
+    assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+    let bad = PackedRow { input_ids: vec![1; 6], loss_mask: vec![1; 6], sequence_lengths: vec![3, 2] };
+    assert!(student.loss_sum(&bad).unwrap_err().to_string().contains("add up to 5"));
+    assert!(student.forward_cached(&[], &mut KvCache::default()).is_err(), "no token to feed is an error");
+}
+
+/// What a CUDA build runs until the kernels exist (`fused::off_cpu`) computes what the fused
+/// CPU ops compute: checked here on the CPU, where both run.
+#[test]
+fn the_off_cpu_route_computes_what_the_fused_ops_compute() {
+    use distillery_model::fused::{attention, off_cpu, rope::RopeTables};
+    let device = Device::Cpu;
+    let (len, heads, kv_heads, head_dim) = (9, 4, 2, 8);
+    let values =
+        |n: usize, seed: u32| -> Vec<f32> { (0..n as u32).map(|i| ((i * 7 + seed) % 13) as f32 / 6.0 - 1.0).collect() };
+    let q = candle_core::Tensor::from_vec(values(len * heads * head_dim, 1), (len, heads, head_dim), &device).unwrap();
+    let k = candle_core::Tensor::from_vec(values(len * kv_heads * head_dim, 2), (len, kv_heads, head_dim), &device)
+        .unwrap();
+    let v = candle_core::Tensor::from_vec(values(len * kv_heads * head_dim, 3), (len, kv_heads, head_dim), &device)
+        .unwrap();
+    let max_difference = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    };
+    let lengths = [4, 5];
+    let fused = attention::packed_attention(&q, &k, &v, &lengths).unwrap();
+    assert!(max_difference(&fused, &off_cpu::packed_attention(&q, &k, &v, &lengths).unwrap()) < 1e-5);
+    let last = q.narrow(0, len - 2, 2).unwrap();
+    let fused = attention::cached_attention(&last, &k, &v, len - 2).unwrap();
+    assert!(max_difference(&fused, &off_cpu::cached_attention(&last, &k, &v, len - 2).unwrap()) < 1e-5);
+    let tables = RopeTables::new(head_dim, 10_000.0, 16, DType::F32, &device).unwrap();
+    let positions: Vec<u32> = vec![0, 1, 2, 3, 0, 1, 2, 3, 4];
+    let fused = distillery_model::fused::rope::rope(&q, &tables, &positions).unwrap();
+    let (cos, sin) = tables.halves();
+    assert!(max_difference(&fused, &off_cpu::rope(&q, cos, sin, &positions).unwrap()) < 1e-5);
 }

@@ -133,6 +133,8 @@ fn gib(bytes: u64) -> f64 {
 pub fn run(args: TrainerMemoryArgs) -> anyhow::Result<()> {
     let gguf = args.gguf.clone().unwrap_or_else(default_gguf);
     anyhow::ensure!(gguf.is_file(), "{} is missing: run `bash .ci/install-tools` or pass --gguf", gguf.display());
+    anyhow::ensure!(args.row_tokens.iter().all(|&t| t >= 2), "--row-tokens must be at least 2");
+    anyhow::ensure!(args.sequences_per_row > 0, "--sequences-per-row must be > 0");
     if let Some(case) = &args.case {
         let result = run_case(&gguf, case, args.sequences_per_row, args.steps)?;
         println!("peak_bytes={} step_seconds={} loss={}", result.peak_bytes, result.step_seconds, result.loss);

@@ -44,6 +44,9 @@ const KEY_BLOCK: usize = 64;
 /// f32 and f64 are computed as they are; other float dtypes in f32 (converted here, so the
 /// gradients flow back through the conversions).
 pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, sequence_lengths: &[usize]) -> Result<Tensor> {
+    if !q.device().is_cpu() {
+        return super::off_cpu::packed_attention(q, k, v, sequence_lengths);
+    }
     let geometry = Geometry::of(q, k, v)?;
     let len = q.dim(0)?;
     if k.dim(0)? != len || v.dim(0)? != len {
@@ -66,6 +69,9 @@ pub fn packed_attention(q: &Tensor, k: &Tensor, v: &Tensor, sequence_lengths: &[
 /// Generation: `len` new queries at positions `past..past + len` of ONE sequence against the
 /// whole cache k/v `[past + len, kv_heads, head_dim]` (causal). Forward only (no backward needed).
 pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, past: usize) -> Result<Tensor> {
+    if !q.device().is_cpu() {
+        return super::off_cpu::cached_attention(q, k, v, past);
+    }
     let geometry = Geometry::of(q, k, v)?;
     let len = q.dim(0)?;
     if k.dim(0)? != past + len || v.dim(0)? != past + len {

@@ -31,6 +31,13 @@ use rayon::prelude::*;
 ///
 /// The loss comes back as a scalar in f32 (f64 when hidden is f64), also for bf16 inputs.
 pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk_rows: usize) -> Result<Tensor> {
+    if !hidden.device().is_cpu() {
+        // The composite maths, as before the fused op: autograd keeps every chunk's logits
+        // anyway, so this route holds targets x vocab logits until a CUDA kernel replaces it.
+        let logits = hidden.matmul(&weight.t()?)?;
+        let wide = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        return crate::reference::cross_entropy_sum(&logits.to_dtype(wide)?, targets);
+    }
     let (n, h) = hidden.dims2()?;
     let (_vocab, weight_h) = weight.dims2()?;
     if weight_h != h {

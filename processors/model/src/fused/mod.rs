@@ -4,11 +4,13 @@
 //! grows linearly with the row length. `crate::reference` holds the same maths composed of
 //! candle primitives; the tests check every op here against it and against finite differences.
 //!
-//! Each op runs multi-threaded on the CPU; its `cuda_fwd` is where the CUDA kernel goes.
+//! Each op runs multi-threaded on the CPU; its `cuda_fwd` is where the CUDA kernel goes. Until
+//! the kernels exist, inputs on another device take the composite maths of [`off_cpu`].
 
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod norm;
+pub mod off_cpu;
 pub mod rope;
 pub mod swiglu;

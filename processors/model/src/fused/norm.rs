@@ -79,6 +79,9 @@ pub(crate) fn rows_per_task(rows: usize, row_len: usize) -> usize {
 /// flattened), weight `[hidden]`. Statistics in f32 (f64 for f64 input). Backward gives dx and
 /// dweight (dweight reduced over rows; multi-threaded without races: per-thread partials).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return crate::reference::rms_norm(x, weight, eps);
+    }
     let hidden = x.dim(candle_core::D::Minus1)?;
     if weight.dims() != [hidden] {
         bail!("rms_norm: weight {:?} does not match the last dim of x {:?}", weight.dims(), x.dims());

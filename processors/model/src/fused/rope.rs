@@ -50,6 +50,11 @@ impl RopeTables {
         })
     }
 
+    /// The cos and sin tables, `[max_positions, head_dim / 2]`.
+    pub fn halves(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }
@@ -74,6 +79,9 @@ pub fn rope(x: &Tensor, tables: &RopeTables, positions: &[u32]) -> Result<Tensor
     }
     if let Some(&position) = positions.iter().find(|&&p| p as usize >= tables.max_positions) {
         bail!("rope: position {position} is past the tables' {} positions", tables.max_positions);
+    }
+    if !x.device().is_cpu() {
+        return super::off_cpu::rope(x, &tables.cos, &tables.sin, positions);
     }
     let dtype = x.dtype();
     let wide = wide_dtype(dtype);
