@@ -124,6 +124,10 @@ impl Disruptions {
 
     fn outages(&mut self, context: &RunContext, pipeline: &mut Pipeline) -> anyhow::Result<()> {
         let now = Instant::now();
+        // S3 stays down past its time until a packer kill has landed during a shipment and
+        // during a flush (the packers' last flush waits for its idle timer), at most 4x longer:
+        // otherwise a fast run can end its outage before any packer tried to ship.
+        let shipment_kills_landed = self.kills_during_shipment >= 1 && self.kills_during_flush >= 1;
         for outage in &mut self.outages {
             let watched = match outage.what {
                 Service::TeacherEndpoint => "sampler",
@@ -154,7 +158,12 @@ impl Disruptions {
                     }
                     outage.state = OutageState::Down(now);
                 }
-                OutageState::Down(since) if since.elapsed() >= outage.lasts => {
+                OutageState::Down(since)
+                    if since.elapsed() >= outage.lasts
+                        && (outage.what != Service::S3
+                            || shipment_kills_landed
+                            || since.elapsed() >= 4 * outage.lasts) =>
+                {
                     match outage.what {
                         Service::TeacherEndpoint => context.teachers[1].a[0].set_down(false),
                         Service::S3 => context.s3_proxy.as_ref().expect("S3 outages need S3").set_down(false)?,

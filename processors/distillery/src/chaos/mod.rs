@@ -97,7 +97,8 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 60)]
     pub teacher_down_secs: u64,
     /// How long the S3 server is unreachable in the chaos run (only with --s3-bucket), from
-    /// when nearly every question is decided (the packers' last shipments and flushes wait).
+    /// when nearly every question is decided (the packers' last shipments and flushes wait);
+    /// longer, up to 4x, until a packer kill has landed during a shipment and during a flush.
     #[arg(long, default_value_t = 20)]
     pub s3_down_secs: u64,
     /// Put shards and checkpoints in this S3 bucket, reached at $AWS_ENDPOINT (with the usual
