@@ -10,6 +10,7 @@
 
 use crate::config::ModelConfig;
 use crate::fused;
+use crate::fused::cpu::wide_dtype;
 use crate::fused::rope::RopeTables;
 use crate::reference::{self, RotaryTables};
 use candle_core::backprop::GradStore;
@@ -182,7 +183,7 @@ impl Student {
         if let Some(name) = tensors.keys().next() {
             anyhow::bail!("the weights have '{name}', which this {} config does not use", config.model_type);
         }
-        let rope_dtype = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let rope_dtype = wide_dtype(dtype);
         let rope = RopeTables::new(config.head_dim(), config.rope_theta, INITIAL_ROPE_POSITIONS, rope_dtype, device)?;
         let rope = std::sync::RwLock::new(Arc::new(rope));
         Ok(Student {
@@ -297,7 +298,7 @@ impl Student {
         let mut held = self.rope.write().expect("the tables' lock is never poisoned");
         if positions > held.max_positions() {
             let size = positions.next_power_of_two();
-            let dtype = if self.compute_dtype == DType::F64 { DType::F64 } else { DType::F32 };
+            let dtype = wide_dtype(self.compute_dtype);
             *held =
                 Arc::new(RopeTables::new(self.config.head_dim(), self.config.rope_theta, size, dtype, &self.device)?);
         }
@@ -419,8 +420,7 @@ impl Student {
             }
             OpsPath::Reference => {
                 let logits = selected.matmul(&lm_head.t()?)?;
-                let wide = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-                reference::cross_entropy_sum(&logits.to_dtype(wide)?, &targets)
+                reference::cross_entropy_sum(&logits.to_dtype(wide_dtype(logits.dtype()))?, &targets)
             }
         }
     }

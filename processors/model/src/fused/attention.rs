@@ -91,7 +91,7 @@ pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, past: usize) -> Resu
 /// The inputs in the dtype the kernels compute in (f32 or f64), contiguous; and q's own dtype.
 fn widened(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(DType, (Tensor, Tensor, Tensor))> {
     let dtype = q.dtype();
-    let wide = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+    let wide = super::cpu::wide_dtype(dtype);
     let prepare = |t: &Tensor| t.to_dtype(wide)?.contiguous();
     Ok((dtype, (prepare(q)?, prepare(k)?, prepare(v)?)))
 }

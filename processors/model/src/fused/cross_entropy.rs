@@ -17,7 +17,7 @@
 //! the chunked recompute. The per-row passes (log-sum-exp, softmax gradient) are small custom
 //! ops of their own, multi-threaded over rows.
 
-use super::norm::{cpu_slice, wide_dtype, Real};
+use super::cpu::{cpu_slice, wide_dtype, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     bail, CpuStorage, CudaStorage, CustomOp2, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
@@ -35,8 +35,7 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &Tensor, 
         // The composite maths, as before the fused op: autograd keeps every chunk's logits
         // anyway, so this route holds targets x vocab logits until a CUDA kernel replaces it.
         let logits = hidden.matmul(&weight.t()?)?;
-        let wide = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        return crate::reference::cross_entropy_sum(&logits.to_dtype(wide)?, targets);
+        return crate::reference::cross_entropy_sum(&logits.to_dtype(wide_dtype(logits.dtype()))?, targets);
     }
     let (n, h) = hidden.dims2()?;
     let (_vocab, weight_h) = weight.dims2()?;

@@ -9,6 +9,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub(crate) mod cpu;
 pub mod cross_entropy;
 pub mod norm;
 pub mod off_cpu;

@@ -8,7 +8,7 @@
 //! Positions come per token rather than as one range, so a packed row (positions restarting at 0
 //! for each sequence) is rotated in one call, without slicing per sequence.
 
-use super::norm::{cpu_slice, rows_per_task, wide_dtype, Real};
+use super::cpu::{cpu_slice, rows_per_task, wide_dtype, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;

@@ -4,7 +4,7 @@
 //! so for the incoming gradient `g`: `d gate = g * up * silu'(gate)` and `d up = g * silu(gate)`.
 //! Nothing is saved: the backward recomputes `s` from `gate`.
 
-use super::norm::{cpu_slice, wide_dtype, Real};
+use super::cpu::{cpu_slice, wide_dtype, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
